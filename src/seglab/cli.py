@@ -1,0 +1,190 @@
+"""The ``seglab`` command line: argument parsing only; the work is done in ``engine`` and ``data``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from .engine.config import TrainConfig
+
+
+def _field_type(hint):
+    """The argparse type of a config field (``int | None`` → int)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainConfig`` field (``batch_size`` → ``--batch-size``), default None = not given."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag, kind = "--" + field.name.replace("_", "-"), _field_type(hints[field.name])
+        if field.name == "model_options":
+            parser.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
+                                help="any other model option (value parsed as YAML), repeatable")
+        elif kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(flag, type=float, nargs=2, default=None)
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=f"default: {field.default}")
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .engine.config import load_config
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if args.model_options:
+        options = {}
+        for item in args.model_options:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--model-option expects KEY=VALUE, got {item!r}")
+            options[key] = yaml.safe_load(value)
+        overrides["model_options"] = options
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args) -> None:
+    from .engine.train import train
+
+    train(_config_from_args(args))
+
+
+def cmd_demo(args) -> None:
+    from .engine.demo import run_demo
+
+    run_demo(out=args.out)
+
+
+def cmd_eval(args) -> None:
+    from . import data, models
+    from .engine.checkpoint import resolve_checkpoint
+    from .engine.evaluate import evaluate, write_report
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    model = models.load(checkpoint, device=args.device)
+    meta = model.meta
+    trained = yaml.safe_load((checkpoint.parent / "config.yaml").read_text()) \
+        if (checkpoint.parent / "config.yaml").is_file() else {}
+    name = args.data or trained.get("data", "shapes")
+    dataset = data.build_dataset(name, args.split, root=args.data_root or trained.get("data_root"),
+                                 num_images=args.num_images or trained.get("num_val"),
+                                 image_size=args.image_size or trained.get("image_size", 128),
+                                 seed=trained.get("seed", 0))
+    if name != "shapes":
+        data.validate_dataset(dataset, meta["num_classes"])
+    result, visuals = evaluate(model, dataset, meta["num_classes"], meta["mean"], meta["std"],
+                               batch_size=args.batch_size)
+    out = Path(args.out or checkpoint.parent / "eval")
+    print(write_report(result, meta["classes"], meta["palette"], visuals, out))
+    print(f"wrote {out}/metrics.json, per_class_iou.png, overlays.png")
+
+
+def cmd_predict(args) -> None:
+    from . import models
+    from .engine.predict import predict_files
+
+    model = models.load(args.checkpoint, device=args.device)
+    written = predict_files(model, args.images, args.out)
+    print(f"wrote {len(written)} masks and overlays to {args.out}")
+
+
+def cmd_models(args) -> None:
+    from . import models
+
+    print("| model | task | parameters (21 classes) | paper |")
+    print("|---|---|---:|---|")
+    for name in models.names():
+        entry = models.entry(name)
+        print(f"| {name} | {entry.task} | {models.count_parameters(name, 21):,} | {entry.paper} |")
+
+
+def cmd_data_check(args) -> None:
+    from . import data
+
+    dataset = data.build_dataset(args.format, args.split, root=args.root)
+    num_classes = args.num_classes or len(dataset.classes)
+    summary = data.validate_dataset(dataset, num_classes)
+    print(data.format_summary(summary, list(dataset.classes)[:num_classes]))
+    print(f"{args.root} ({args.format}, {args.split}): {summary['images']} images, no problems found")
+
+
+def cmd_export_shapes(args) -> None:
+    from .data import export_shapes
+
+    root = export_shapes(args.root, args.format, {"train": args.num_train, "val": args.num_val},
+                         image_size=args.image_size, seed=args.seed)
+    print(f"wrote Shapes ({args.num_train} train, {args.num_val} val) in {args.format} layout to {root}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seglab", description="Image segmentation: train, evaluate, predict.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train and evaluate a small FCN-8s on generated Shapes (CPU)")
+    demo.add_argument("--out", default="runs/demo")
+    demo.set_defaults(func=cmd_demo)
+
+    train = commands.add_parser("train", help="train a model (flags override --config YAML)")
+    train.add_argument("--config", help="YAML file holding any of the options below")
+    _add_config_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on a dataset split")
+    evaluate.add_argument("--checkpoint", required=True, help="run directory or .pt file")
+    evaluate.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
+    evaluate.add_argument("--data-root")
+    evaluate.add_argument("--split", default="val")
+    evaluate.add_argument("--num-images", type=int, help="Shapes images in the split")
+    evaluate.add_argument("--image-size", type=int)
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--out", help="output directory (default: RUN_DIR/eval)")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = commands.add_parser("predict", help="predict masks and overlays for image files")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--checkpoint", required=True, help="run directory or .pt file")
+    predict.add_argument("--out", required=True)
+    predict.add_argument("--device", default="cpu")
+    predict.set_defaults(func=cmd_predict)
+
+    models_cmd = commands.add_parser("models", help="list registered models with their parameter counts")
+    models_cmd.set_defaults(func=cmd_models)
+
+    data_cmd = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    check = data_cmd.add_parser("check", help="validate a whole dataset before training")
+    check.add_argument("root")
+    check.add_argument("--format", default="voc", choices=["voc"])
+    check.add_argument("--split", default="train")
+    check.add_argument("--num-classes", type=int)
+    check.set_defaults(func=cmd_data_check)
+    export = data_cmd.add_parser("export-shapes", help="write the Shapes dataset in VOC or COCO layout")
+    export.add_argument("root")
+    export.add_argument("--format", default="voc", choices=["voc", "coco"])
+    export.add_argument("--num-train", type=int, default=1000)
+    export.add_argument("--num-val", type=int, default=200)
+    export.add_argument("--image-size", type=int, default=128)
+    export.add_argument("--seed", type=int, default=0)
+    export.set_defaults(func=cmd_export_shapes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        print(f"seglab {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
+
+
+if __name__ == "__main__":
+    main()

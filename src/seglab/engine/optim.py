@@ -1,0 +1,46 @@
+"""Optimisers and learning-rate schedules of the papers: SGD with momentum or AdamW; warm-up then
+poly (DeepLab: (1 − t/T)^0.9), step, or cosine decay, all per iteration."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW over the trainable parameters; no weight decay on biases and norm layers."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.dim() <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; expected 'sgd' or 'adamw'")
+
+
+def lr_factor(step: int, total: int, config: TrainConfig) -> float:
+    """Multiplier of the base learning rate at iteration ``step`` of ``total``."""
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    t = min(step - config.warmup, total - config.warmup) / max(1, total - config.warmup)
+    if config.schedule == "poly":
+        return (1 - t) ** config.poly_power
+    if config.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if config.schedule == "step":
+        step_size = config.step_size or max(1, total // 3)
+        return config.step_gamma ** ((step - config.warmup) // step_size)
+    raise ValueError(f"unknown schedule {config.schedule!r}; expected 'poly', 'step' or 'cosine'")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total: int, config: TrainConfig):
+    """A ``LambdaLR`` stepping once per iteration (its state_dict holds only the step count)."""
+    if config.schedule not in ("poly", "step", "cosine"):
+        raise ValueError(f"unknown schedule {config.schedule!r}; expected 'poly', 'step' or 'cosine'")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, config))

@@ -1,0 +1,46 @@
+"""Prediction on image files: a palette PNG of class ids and an overlay per image."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from .. import viz
+from .inference import predict_logits
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An image file as uint8 (3,H,W); a missing or unreadable file raises an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | Path) -> list[Path]:
+    """For each image: ``<stem>.png`` (palette PNG of class ids) and ``<stem>_overlay.png`` in ``out_dir``.
+
+    ``model.meta`` (from ``seglab.models.load``) supplies mean/std and the palette.
+    """
+    meta = model.meta
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in tqdm(list(paths), desc="predict", unit="img"):
+        image = read_image(path)
+        pred = predict_logits(model, image[None], meta["mean"], meta["std"])[0].argmax(0).cpu()
+        stem = Path(path).stem
+        viz.colorize(pred, meta["palette"]).save(out / f"{stem}.png")
+        viz.overlay(image, pred, meta["palette"]).save(out / f"{stem}_overlay.png")
+        written.append(out / f"{stem}.png")
+    return written

@@ -1,0 +1,28 @@
+"""Model registry and loading: ``create(name, num_classes, **options)``, ``names()``, ``load(path)``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from . import fcn  # noqa: F401  (registers the FCN family)
+from .registry import count_parameters, create, entry, names, register
+
+
+def load(path: str | Path, device: str = "cpu") -> nn.Module:
+    """A ready model (eval mode) from a checkpoint file or a run directory (``best.pt``, else ``last.pt``).
+
+    The checkpoint's ``"meta"`` (model name and options, class names, palette, mean/std) is attached as
+    ``model.meta``, so prediction needs nothing else.
+    """
+    from ..engine.checkpoint import load_checkpoint, resolve_checkpoint
+
+    checkpoint = load_checkpoint(resolve_checkpoint(path))
+    meta = checkpoint["meta"]
+    model = create(meta["model"], meta["num_classes"], **meta["options"])
+    model.load_state_dict(checkpoint["model"])
+    model.meta = meta
+    return model.to(device).eval()
+
+
+__all__ = ["create", "names", "load", "register", "entry", "count_parameters"]

@@ -1,0 +1,55 @@
+"""The model registry: ``@register(name)`` on a builder whose keyword arguments are the model's options."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    builder: Callable[..., nn.Module]
+    task: str  # "semantic" or "instance"
+    paper: str
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, *, task: str, paper: str):
+    """Decorator adding ``builder(num_classes, **options) -> nn.Module`` to the registry as ``name``."""
+
+    def decorate(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = Entry(name, builder, task, paper)
+        return builder
+
+    return decorate
+
+
+def entry(name: str) -> Entry:
+    """The registry entry of ``name``; ValueError listing the known names otherwise."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def names(task: str | None = None) -> list[str]:
+    """Sorted registered model names, optionally only those of one task."""
+    return sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
+
+
+def create(name: str, num_classes: int, **options) -> nn.Module:
+    """Build the registered model ``name`` for ``num_classes`` classes with the builder's ``options``."""
+    return entry(name).builder(num_classes=num_classes, **options)
+
+
+def count_parameters(name: str, num_classes: int = 21, **options) -> int:
+    """Trainable parameter count of a model, built on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        model = create(name, num_classes, **options)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
