@@ -27,8 +27,8 @@ class TrainConfig:
     crop_size: int | None = None  # training crop, default image_size
     scale_range: tuple[float, float] = (0.5, 2.0)
     hflip: bool = True
-    num_train: int = 1000  # Shapes images per split
-    num_val: int = 200
+    num_train: int | None = None  # Shapes images per split (default 1000 train, 200 val)
+    num_val: int | None = None
     train_split: str = "train"
     val_split: str = "val"
     num_workers: int = 0
@@ -45,7 +45,8 @@ class TrainConfig:
     step_size: int | None = None  # step schedule: decay every step_size iters (default iters // 3)
     step_gamma: float = 0.1
     warmup: int = 0  # linear warm-up iterations
-    amp: bool = False
+    amp: bool = False  # autocast: bfloat16 on CPU, float16 (with gradient scaling) on CUDA
+    channels_last: bool = False  # NHWC memory format (faster convolutions on recent CPUs and GPUs)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # bookkeeping

@@ -46,9 +46,9 @@ def collate_semantic(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 def semantic_loss(outputs: dict, masks: torch.Tensor, aux_weight: float = 0.4) -> torch.Tensor:
     """Pixel-wise cross-entropy ignoring label 255, plus ``aux_weight`` × the auxiliary head's loss."""
-    loss = F.cross_entropy(outputs["out"], masks, ignore_index=IGNORE_INDEX)
+    loss = F.cross_entropy(outputs["out"].float(), masks, ignore_index=IGNORE_INDEX)
     if "aux" in outputs:
-        loss = loss + aux_weight * F.cross_entropy(outputs["aux"], masks, ignore_index=IGNORE_INDEX)
+        loss = loss + aux_weight * F.cross_entropy(outputs["aux"].float(), masks, ignore_index=IGNORE_INDEX)
     return loss
 
 
@@ -79,6 +79,8 @@ class Trainer:
         seed_everything(config.seed)
         self.train_set, self.val_set, self.num_classes = build_datasets(config)
         self.model = create(config.model, self.num_classes, **config.model_kwargs()).to(self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         if config.frozen_bn:
             tqdm.write("seglab: BatchNorm layers of the backbone are frozen (FrozenBatchNorm2d)")
         self.batches_per_epoch = len(self.train_set) // config.batch_size
@@ -128,8 +130,11 @@ class Trainer:
         sampler = EpochBatchSampler(len(self.train_set), config.batch_size, config.seed)
         sampler.start = sampler.position(self.step)
         dataset = SeededTransforms(self.train_set, transforms, config.seed)
+        # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run
+        # would see different dropout masks than a straight one.
         return DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                          collate_fn=collate_semantic, persistent_workers=config.num_workers > 0)
+                          collate_fn=collate_semantic, persistent_workers=config.num_workers > 0,
+                          generator=torch.Generator().manual_seed(config.seed))
 
     def _log(self, record: dict) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
@@ -156,7 +161,8 @@ class Trainer:
         result, started = None, time.perf_counter()
         while self.step < end:
             images, masks = next(batches)
-            images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+            images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
+            masks = masks.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=config.amp):
                 loss = semantic_loss(model(images), masks)
             if not torch.isfinite(loss):

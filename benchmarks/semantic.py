@@ -1,0 +1,115 @@
+"""Full-width FCN-8s/VGG16 on the CPU: inference latency, training images/s and peak RSS.
+
+The peer is torchvision's ``fcn_resnet50`` (weights=None), the FCN a torchvision user reaches for; it
+has a different backbone (ResNet-50, output stride 8), so the ratio compares two real workloads rather
+than two implementations of one network. Timings are interleaved in one process (median of
+``--repeats`` runs after a warm-up); peak RSS is measured in a fresh subprocess per model and size.
+
+    python benchmarks/semantic.py [--sizes 320 512] [--repeats 5] [--train-batch 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torchvision
+
+import seglab
+
+NUM_CLASSES = 21
+
+
+def build(name: str) -> torch.nn.Module:
+    if name == "seglab fcn8s_vgg16":
+        return seglab.models.create("fcn8s_vgg16", NUM_CLASSES)
+    return torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None,
+                                                        num_classes=NUM_CLASSES, aux_loss=False)
+
+
+def inference_seconds(model, images) -> float:
+    model.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(images)
+    return time.perf_counter() - start
+
+
+def train_seconds(model, optimizer, images, masks) -> float:
+    model.train()
+    start = time.perf_counter()
+    loss = torch.nn.functional.cross_entropy(model(images)["out"], masks, ignore_index=255)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def peak_rss_mib(name: str, size: int, batch: int) -> float:
+    """Peak resident memory (MiB) of a fresh process running one inference and one training step."""
+    out = subprocess.run([sys.executable, __file__, "--rss-worker", name, str(size), str(batch)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def rss_worker(name: str, size: int, batch: int) -> None:
+    torch.manual_seed(0)
+    model = build(name)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    inference_seconds(model, torch.randn(1, 3, size, size))
+    train_seconds(model, optimizer, torch.randn(batch, 3, size, size), torch.randint(0, NUM_CLASSES, (batch, size, size)))
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[320, 512])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--rss-worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_worker:
+        name, size, batch = args.rss_worker
+        return rss_worker(name, int(size), int(batch))
+
+    names = ["seglab fcn8s_vgg16", "torchvision fcn_resnet50"]
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, torchvision {torchvision.__version__}; "
+          f"float32, {NUM_CLASSES} classes, random weights; median of {args.repeats} after 1 warm-up\n")
+    print("| workload | size | seglab FCN-8s | torchvision fcn_resnet50 | ratio (seglab / peer) |")
+    print("|---|---:|---:|---:|---:|")
+    torch.manual_seed(0)
+    models = {name: build(name) for name in names}
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for name, m in models.items()}
+    for size in args.sizes:
+        image = torch.randn(1, 3, size, size)
+        images = torch.randn(args.train_batch, 3, size, size)
+        masks = torch.randint(0, NUM_CLASSES, (args.train_batch, size, size))
+        latency = {name: [] for name in names}
+        train = {name: [] for name in names}
+        for repeat in range(args.repeats + 1):
+            for name in names:  # interleaved
+                t_inf = inference_seconds(models[name], image)
+                t_train = train_seconds(models[name], optimizers[name], images, masks)
+                if repeat:  # the first round is the warm-up
+                    latency[name].append(t_inf)
+                    train[name].append(args.train_batch / t_train)
+        lat = [statistics.median(latency[n]) for n in names]
+        ips = [statistics.median(train[n]) for n in names]
+        rss = [peak_rss_mib(n, size, args.train_batch) for n in names]
+        print(f"| inference latency (s/image) | {size} | {lat[0]:.3f} | {lat[1]:.3f} | {lat[0] / lat[1]:.2f} |")
+        print(f"| training (images/s, batch {args.train_batch}) | {size} | {ips[0]:.2f} | {ips[1]:.2f} | "
+              f"{ips[0] / ips[1]:.2f} |")
+        print(f"| peak RSS (MiB, 1 inference + 1 train step) | {size} | {rss[0]:.0f} | {rss[1]:.0f} | "
+              f"{rss[0] / rss[1]:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Training and evaluation transforms on ``(image, target)`` pairs, built on torchvision.transforms.v2.
+
+Inputs follow the dataset convention: ``image`` tv_tensors.Image uint8 (3, H, W), ``target`` a dict
+with the semantic ``"mask"`` tv_tensors.Mask (H, W) int64 (255 = ignore) and, where instances exist,
+``"boxes"`` BoundingBoxes XYXY, ``"labels"`` (N,) int64 and ``"masks"`` tv_tensors.Mask (N, H, W) uint8.
+Outputs: the image float32, normalised; the targets keep their dtypes (masks are resized with
+nearest-neighbour interpolation by v2, so no new label values appear).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 255
+INSTANCE_KEYS = ("boxes", "labels", "masks")
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class RandomScale(v2.Transform):
+    """Resize everything by one factor s ~ U(scale_range) of the input's own size (DeepLab's random scale).
+
+    v2.ScaleJitter scales relative to a fixed target size instead, which would shrink large
+    images (Cityscapes 1024x2048) when the target is the crop size.
+    """
+
+    def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0)):
+        super().__init__()
+        self.scale_range = scale_range
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        low, high = self.scale_range
+        scale = low + (high - low) * torch.rand(()).item()
+        return {"size": [max(1, round(height * scale)), max(1, round(width * scale))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, size=params["size"], antialias=True)
+
+
+class PadToSize(torch.nn.Module):
+    """Pad ``(image, target)`` at the bottom and right to at least ``size`` = (h, w) pixels.
+
+    The image and the instance ``"masks"`` are padded with 0, the semantic ``"mask"`` with
+    ``ignore_index``, boxes get the larger canvas. v2.RandomCrop(pad_if_needed=True) cannot do this:
+    its ``fill`` is chosen per tv_tensor type, and both masks are tv_tensors.Mask.
+    """
+
+    def __init__(self, size: int | Sequence[int], ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.size = _pair(size)
+        self.ignore_index = ignore_index
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, ignore_index={self.ignore_index}"
+
+    def forward(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        height, width = F.get_size(image)
+        padding = [0, 0, max(0, self.size[1] - width), max(0, self.size[0] - height)]  # left, top, right, bottom
+        if not any(padding):
+            return image, target
+        padded = {
+            key: F.pad(value, padding, fill=self.ignore_index if key == "mask" else 0)
+            if isinstance(value, tv_tensors.TVTensor)
+            else value
+            for key, value in target.items()
+        }
+        return F.pad(image, padding, fill=0), padded
+
+
+class SanitizeInstances(torch.nn.Module):
+    """v2.SanitizeBoundingBoxes on the instance keys only (boxes, labels, masks); no-op without ``"boxes"``.
+
+    Keeping the semantic (H, W) ``"mask"`` out of it avoids indexing it with the (N,) keep vector.
+    """
+
+    def __init__(self, min_size: float = 1.0):
+        super().__init__()
+        self.sanitize = v2.SanitizeBoundingBoxes(min_size=min_size)
+
+    def forward(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        if "boxes" not in target:
+            return image, target
+        instances = {key: target[key] for key in INSTANCE_KEYS if key in target}
+        return image, {**target, **self.sanitize(instances)}
+
+
+def train_transforms(
+    crop_size: int | Sequence[int],
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    hflip: bool = True,
+) -> v2.Compose:
+    """Random scale, pad (ignore for the semantic mask) and random crop to ``crop_size`` (h, w) pixels,
+    horizontal flip, drop instances left empty, then image -> float32 in [0, 1] -> (x - mean) / std."""
+    steps = [
+        RandomScale(scale_range),
+        PadToSize(crop_size),
+        v2.RandomCrop(_pair(crop_size)),
+        *([v2.RandomHorizontalFlip()] if hflip else []),
+        SanitizeInstances(),
+    ]
+    return v2.Compose(steps + eval_transforms(mean, std).transforms)
+
+
+def eval_transforms(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """Image uint8 -> float32 in [0, 1] -> (x - mean) / std; no resizing, targets untouched."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])

@@ -1,0 +1,99 @@
+"""Check a segmentation dataset before training: every image readable and 3-channel, every mask the
+image's size with values in {0..C-1, 255}; summarise the class frequencies."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from tqdm import tqdm
+
+from seglab.data.transforms import IGNORE_INDEX
+
+
+def _item_name(dataset: Any, index: int, kind: str) -> str:
+    """The file behind item ``index`` (``dataset.<kind>_path(index)``) if the dataset says, else ``Type[index]``."""
+    path_of = getattr(dataset, f"{kind}_path", None)
+    return str(path_of(index)) if path_of is not None else f"{type(dataset).__name__}[{index}]"
+
+
+def validate_dataset(dataset: Any, num_classes: int | None = None, progress: bool = True) -> dict:
+    """Read every raw item of ``dataset`` once (its ``transforms`` attribute is set to None meanwhile,
+    so wrappers without one, e.g. ``Subset``, are checked after their transforms) and check it.
+
+    ``num_classes`` defaults to ``len(dataset.classes)``. Raises ValueError naming the file (or
+    ``Type[index]``) for: an image that is not (3, H, W), a mask whose (H, W) differs from the image's,
+    a non-integer mask, mask values outside 0..C-1 and 255 (ignore); unreadable files raise from the
+    dataset itself.
+    Returns ``{"images", "total_pixels", "ignore_pixels", "pixels_per_class" (list of C ints),
+    "images_per_class" (list of C ints: images containing the class), "min_size", "max_size" ([H, W])}``.
+    """
+    num_classes = len(dataset.classes) if num_classes is None else num_classes
+    pixels_per_class = torch.zeros(num_classes, dtype=torch.int64)
+    images_per_class = torch.zeros(num_classes, dtype=torch.int64)
+    ignore_pixels = total_pixels = 0
+    sizes = []
+
+    saved_transforms = getattr(dataset, "transforms", None)
+    if saved_transforms is not None:
+        dataset.transforms = None
+    try:
+        for index in tqdm(range(len(dataset)), desc="validate", disable=not progress):
+            image, target = dataset[index]
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(
+                    f"{_item_name(dataset, index, 'image')}: expected a 3-channel image (3, H, W), "
+                    f"got shape {tuple(image.shape)}"
+                )
+            mask = torch.as_tensor(target["mask"])
+            if mask.shape != image.shape[-2:]:
+                raise ValueError(
+                    f"{_item_name(dataset, index, 'mask')}: mask is {tuple(mask.shape)} (H, W) but its image is "
+                    f"{tuple(image.shape[-2:])}"
+                )
+            if mask.is_floating_point() or mask.dtype == torch.bool:
+                raise ValueError(
+                    f"{_item_name(dataset, index, 'mask')}: expected a mask of integer class ids, got {mask.dtype}"
+                )
+            ignored = mask == IGNORE_INDEX
+            bad = ~ignored & ((mask < 0) | (mask >= num_classes))
+            if bad.any():
+                values = torch.unique(mask[bad]).tolist()
+                raise ValueError(
+                    f"{_item_name(dataset, index, 'mask')}: mask values {values[:10]} outside the class ids "
+                    f"0..{num_classes - 1} and {IGNORE_INDEX} (ignore)"
+                )
+            counts = torch.bincount(mask[~ignored], minlength=num_classes)
+            pixels_per_class += counts
+            images_per_class += counts > 0
+            ignore_pixels += int(ignored.sum())
+            total_pixels += mask.numel()
+            sizes.append(tuple(mask.shape))
+    finally:
+        if saved_transforms is not None:
+            dataset.transforms = saved_transforms
+
+    return {
+        "images": len(dataset),
+        "total_pixels": total_pixels,
+        "ignore_pixels": ignore_pixels,
+        "pixels_per_class": pixels_per_class.tolist(),
+        "images_per_class": images_per_class.tolist(),
+        "min_size": [min(s) for s in zip(*sizes)] if sizes else [0, 0],
+        "max_size": [max(s) for s in zip(*sizes)] if sizes else [0, 0],
+    }
+
+
+def format_summary(summary: dict, classes: Sequence[str]) -> str:
+    """A Markdown table of ``validate_dataset``'s summary: class, pixels, fraction of all pixels, images."""
+    total = max(summary["total_pixels"], 1)
+    lines = [
+        f"{summary['images']} images, sizes (H, W) {tuple(summary['min_size'])} to {tuple(summary['max_size'])}",
+        "",
+        "| class | pixels | fraction | images |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = zip(classes, summary["pixels_per_class"], summary["images_per_class"])
+    lines += [f"| {name} | {pixels} | {pixels / total:.2%} | {images} |" for name, pixels, images in rows]
+    ignore = summary["ignore_pixels"]
+    lines.append(f"| ignore ({IGNORE_INDEX}) | {ignore} | {ignore / total:.2%} | |")
+    return "\n".join(lines)

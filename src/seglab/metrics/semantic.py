@@ -1,0 +1,148 @@
+"""Confusion-matrix metrics for semantic segmentation (FCN, arXiv:1411.4038 §5)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+
+class SegmentationMetrics:
+    """Accumulates a (C, C) int64 confusion matrix and derives the four FCN metrics from it.
+
+    With ``n_ij`` the number of pixels of target class ``i`` predicted as class ``j`` (row = target,
+    column = prediction), ``t_i = Σ_j n_ij`` the target pixels of class ``i`` and ``n_cl`` the number
+    of classes kept by the rule of each metric (FCN §5)::
+
+        pixel_acc = Σ_i n_ii / Σ_i t_i
+        mean_acc  = (1/n_cl) Σ_i n_ii / t_i
+        miou      = (1/n_cl) Σ_i n_ii / (t_i + Σ_j n_ji − n_ii)
+        fwiou     = (Σ_k t_k)^-1 Σ_i t_i n_ii / (t_i + Σ_j n_ji − n_ii)
+
+    Exclusion rules: a class with no target pixels (``t_i = 0``) is left out of ``mean_acc``; a class
+    absent from both target and prediction (``t_i + Σ_j n_ji = 0``) is left out of ``miou``. The
+    per-class lists ``acc`` and ``iou`` hold ``nan`` for the excluded classes. Pixels whose target is
+    ``ignore_index`` are not counted at all.
+
+    The matrix lives on the device of the tensors given to :meth:`update`; under
+    ``torch.distributed`` :meth:`compute` first sums it over all ranks (a collective: every rank
+    must call it).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far (on this rank and from past reductions)."""
+        shape = (self.num_classes, self.num_classes)
+        # Counts already summed over ranks, and counts of this rank not yet reduced: keeping them
+        # apart lets compute() be called repeatedly, between updates, without double counting.
+        self._reduced = torch.zeros(shape, dtype=torch.int64)
+        self._local = torch.zeros(shape, dtype=torch.int64)
+
+    @property
+    def confusion(self) -> torch.Tensor:
+        """(C, C) int64 pixel counts, rows = target class, columns = predicted class."""
+        return self._reduced + self._local
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch.
+
+        pred: class ids (N, H, W) or (H, W), or logits (N, C, H, W) (argmax over dim 1).
+        target: class ids with pred's spatial shape, ``ignore_index`` for unlabelled pixels.
+        """
+        C = self.num_classes
+        if pred.dim() == 4:
+            if pred.shape[1] != C:
+                raise ValueError(f"logits have {pred.shape[1]} channels, expected num_classes={C}")
+            pred = pred.argmax(dim=1)
+        elif pred.is_floating_point():
+            raise ValueError(f"pred must be integer class ids or (N, C, H, W) logits, got "
+                             f"{pred.dtype} of shape {tuple(pred.shape)}")
+        if target.is_floating_point():
+            raise ValueError(f"target must hold integer class ids, got {target.dtype}")
+        if pred.shape != target.shape:
+            raise ValueError(f"pred has shape {tuple(pred.shape)} but target has shape "
+                             f"{tuple(target.shape)}")
+
+        target = target.reshape(-1).long()
+        pred = pred.reshape(-1).to(device=target.device, dtype=torch.long)
+        keep = target != self.ignore_index
+        target, pred = target[keep], pred[keep]
+        if ((target < 0) | (target >= C) | (pred < 0) | (pred >= C)).any():
+            self._raise_out_of_range(pred, target)
+
+        counts = torch.bincount(target * C + pred, minlength=C * C).reshape(C, C)
+        if self._local.device != counts.device:
+            self._reduced = self._reduced.to(counts.device)
+            self._local = self._local.to(counts.device)
+        self._local += counts
+
+    def _raise_out_of_range(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        C = self.num_classes
+        for name, values in (("target", target), ("pred", pred)):
+            bad = values[(values < 0) | (values >= C)].unique()
+            if bad.numel():
+                allowed = f"0..{C - 1}" + (" or ignore_index" if name == "target" else "")
+                raise ValueError(f"{name} has values {bad.tolist()} outside {allowed} "
+                                 f"(num_classes={C}, ignore_index={self.ignore_index})")
+
+    def all_reduce(self) -> None:
+        """Sum this rank's new counts over all ranks (no-op unless torch.distributed is initialised)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        local = self._local
+        if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
+            local = local.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(local, op=dist.ReduceOp.SUM)
+        self._reduced += local.to(self._reduced.device)
+        self._local.zero_()
+
+    def compute(self) -> dict:
+        """Reduce over ranks, then return python floats ``pixel_acc``, ``mean_acc``, ``miou``,
+        ``fwiou`` (fractions in [0, 1], ``nan`` when nothing was counted) and per-class lists
+        ``acc`` and ``iou`` of length C (``nan`` for excluded classes)."""
+        self.all_reduce()
+        n = self.confusion.double()
+        hits = n.diagonal()
+        target_px = n.sum(dim=1)
+        union = target_px + n.sum(dim=0) - hits
+        nan = torch.tensor(math.nan, dtype=n.dtype, device=n.device)
+        acc = torch.where(target_px > 0, hits / target_px, nan)
+        iou = torch.where(union > 0, hits / union, nan)
+        total = target_px.sum()
+        return {
+            "pixel_acc": (hits.sum() / total).item(),
+            "mean_acc": acc.nanmean().item(),
+            "miou": iou.nanmean().item(),
+            "fwiou": ((target_px * iou.nan_to_num(0.0)).sum() / total).item(),
+            "iou": iou.tolist(),
+            "acc": acc.tolist(),
+        }
+
+
+def format_table(result: dict, class_names: list[str]) -> str:
+    """Markdown table of a :meth:`SegmentationMetrics.compute` result, values in percent.
+
+    One row per class (IoU, accuracy), then the means (``miou``, ``mean_acc``) and the
+    frequency-weighted means (``fwiou``, ``pixel_acc`` — pixel accuracy is per-class accuracy
+    weighted by target frequency). Excluded classes show ``n/a``.
+    """
+    if len(class_names) != len(result["iou"]):
+        raise ValueError(f"{len(class_names)} class names for {len(result['iou'])} classes")
+
+    def pct(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{100 * x:.2f}"
+
+    lines = ["| class | IoU (%) | accuracy (%) |", "|:---|---:|---:|"]
+    for name, iou, acc in zip(class_names, result["iou"], result["acc"]):
+        lines.append(f"| {str(name).replace('|', '&#124;')} | {pct(iou)} | {pct(acc)} |")
+    lines.append(f"| **mean** (miou, mean_acc) | {pct(result['miou'])} | {pct(result['mean_acc'])} |")
+    lines.append(f"| **frequency-weighted** (fwiou, pixel_acc) | {pct(result['fwiou'])} "
+                 f"| {pct(result['pixel_acc'])} |")
+    return "\n".join(lines)

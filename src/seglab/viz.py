@@ -1,0 +1,194 @@
+"""Palettes, overlays, image grids and training curves (Pillow / matplotlib)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def voc_palette(num_colors: int = 256) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC colour map: class id -> (r, g, b), bit-interleaved as in the VOC devkit.
+
+    Index 255 (ignore) is set to white-ish (224, 224, 192) as in VOC's PNGs.
+    """
+    palette = []
+    for label in range(num_colors):
+        r = g = b = 0
+        c = label
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette.append((r, g, b))
+    if num_colors > 255:
+        palette[255] = (224, 224, 192)
+    return palette
+
+
+def _palette_array(palette) -> np.ndarray:
+    """(256, 3) uint8 lookup table from a list of (r, g, b); missing entries are black."""
+    colors = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:256]
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(colors)] = colors
+    return table
+
+
+def _mask_array(mask) -> np.ndarray:
+    """(H, W) uint8 class ids from an int tensor / ndarray with values in 0..255."""
+    mask = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if mask.ndim != 2 or mask.dtype.kind not in "biu":
+        raise ValueError(f"mask must be integer (H, W), got {mask.dtype} {mask.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"mask values must lie in 0..255, got {mask.min()}..{mask.max()}")
+    return mask.astype(np.uint8)
+
+
+def colorize(mask, palette) -> Image.Image:
+    """Mode "P" image of a (H, W) int mask (tensor or ndarray) whose palette is ``palette``.
+
+    Pixel values are the class ids themselves (255 = ignore stays 255), so ``np.array(img)``
+    returns the mask and saving gives a VOC-style indexed PNG.
+    """
+    img = Image.fromarray(_mask_array(mask))  # mode "L"; putpalette turns it into "P"
+    img.putpalette(_palette_array(palette).tobytes())
+    return img
+
+
+def overlay(image, mask, palette, alpha: float = 0.5) -> Image.Image:
+    """RGB image blending ``image`` with the palette colours of ``mask``.
+
+    image: uint8 (3, H, W) tensor, (H, W, 3) ndarray or PIL image; mask: (H, W) class ids.
+    Each pixel is ``(1 - alpha) * image + alpha * palette[mask]``; ignore pixels (255) keep the
+    image.
+    """
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"image tensor must be uint8 (3, H, W), got {image.dtype} "
+                             f"{tuple(image.shape)}")
+        image = image.permute(1, 2, 0).cpu().numpy()
+    elif isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    image = np.asarray(image)
+    mask = _mask_array(mask)
+    if image.dtype != np.uint8 or image.shape != (*mask.shape, 3):
+        raise ValueError(f"image must be uint8 (H, W, 3) matching mask {mask.shape}, got "
+                         f"{image.dtype} {image.shape}")
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * _palette_array(palette)[mask]
+    labelled = (mask != 255)[..., None]
+    out = np.where(labelled, np.clip(np.rint(blended), 0, 255).astype(np.uint8), image)
+    return Image.fromarray(out)
+
+
+def grid(rows: list[list[Image.Image]], titles: list[str] | None = None,
+         pad: int = 2) -> Image.Image:
+    """RGB grid of images, e.g. one row per sample: [input, ground-truth overlay, prediction overlay].
+
+    Every cell is resized to the first cell's (w, h) (nearest for mode "P" masks, bilinear
+    otherwise) and separated by ``pad`` white pixels; the size is
+    ``(cols * w + (cols + 1) * pad, title_h + rows * h + (rows + 1) * pad)``, where ``title_h``
+    is 0 without ``titles`` (one per column, drawn with Pillow's default font).
+    """
+    if not rows or not rows[0]:
+        raise ValueError("grid needs at least one row with one image")
+    cols = max(len(row) for row in rows)
+    if titles is not None and len(titles) != cols:
+        raise ValueError(f"{len(titles)} titles for {cols} columns")
+    w, h = rows[0][0].size
+    font = ImageFont.load_default()
+    title_h = 0
+    if titles:
+        title_h = max(font.getbbox(title)[3] for title in titles) + pad
+    canvas = Image.new("RGB", (cols * w + (cols + 1) * pad, title_h + len(rows) * h
+                               + (len(rows) + 1) * pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(titles or []):
+        text_w = draw.textlength(title, font=font)
+        draw.text((pad + c * (w + pad) + (w - text_w) / 2, pad), title, fill="black", font=font)
+    for r, row in enumerate(rows):
+        for c, cell in enumerate(row):
+            resample = Image.NEAREST if cell.mode == "P" else Image.BILINEAR
+            cell = cell.resize((w, h), resample).convert("RGB")
+            canvas.paste(cell, (pad + c * (w + pad), title_h + pad + r * (h + pad)))
+    return canvas
+
+
+def _read_jsonl(path) -> list[dict]:
+    """The JSON objects of a metrics.jsonl file, each with a "step"; blank lines skipped."""
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not JSON ({err})") from None
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError(f"{path}:{number}: expected a JSON object with a 'step' key, "
+                                 f"got {line.strip()}")
+            records.append(record)
+    return records
+
+
+def _agg_figure(width: float, height: float):
+    """A matplotlib Figure rendered by Agg, without pyplot (no global backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_curves(metrics_jsonl, out_png) -> None:
+    """Write a PNG of training curves from a run's ``metrics.jsonl``.
+
+    Lines are JSON dicts with a ``step``: training ones carry ``loss`` and ``lr``, validation ones
+    ``val/<metric>`` keys. Panels: loss (log y) vs step, learning rate vs step, and all ``val/``
+    metrics vs step when any are present.
+    """
+    records = _read_jsonl(metrics_jsonl)
+    series: dict[str, tuple[list, list]] = {}
+    for record in records:
+        for key, value in record.items():
+            if key in ("loss", "lr") or key.startswith("val/"):
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(record["step"])
+                values.append(value)
+    val_keys = sorted(k for k in series if k.startswith("val/"))
+    panels = [("training loss", ["loss"], "log"), ("learning rate", ["lr"], "linear")]
+    if val_keys:
+        panels.append(("validation", val_keys, "linear"))
+
+    fig = _agg_figure(4.5 * len(panels), 3.5)
+    for ax, (title, keys, yscale) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for key in keys:
+            if key in series:
+                ax.plot(*series[key], label=key, marker="o" if key.startswith("val/") else None)
+        ax.set(title=title, xlabel="step", yscale=yscale)
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend()
+    fig.savefig(Path(out_png), dpi=100)
+
+
+def plot_per_class_iou(iou: list[float], class_names: list[str], out_png) -> None:
+    """Write a horizontal bar chart PNG of per-class IoU (fractions in [0, 1]; nan shown as n/a)."""
+    if len(iou) != len(class_names):
+        raise ValueError(f"{len(iou)} IoU values for {len(class_names)} class names")
+    values = np.nan_to_num(np.asarray(iou, dtype=np.float64), nan=0.0)
+    fig = _agg_figure(6.0, 1.0 + 0.3 * len(iou))
+    ax = fig.subplots()
+    positions = np.arange(len(iou))
+    ax.barh(positions, values, color="tab:blue")
+    for y, value in zip(positions, values):
+        ax.text(value + 0.01, y, f"{value:.3f}" if np.isfinite(iou[y]) else "n/a",
+                va="center", fontsize=8)
+    ax.set(yticks=positions, yticklabels=class_names, xlim=(0, 1.12), xlabel="IoU",
+           title="per-class IoU")
+    ax.invert_yaxis()
+    fig.savefig(Path(out_png), dpi=100)

@@ -1,0 +1,37 @@
+import itertools
+
+import torch
+
+from seglab.engine.sampler import EpochBatchSampler, SeededTransforms
+
+
+def test_sampler_resumed_at_a_position_continues_the_same_sequence():
+    straight = list(itertools.islice(iter(EpochBatchSampler(10, 3, seed=5)), 8))
+    sampler = EpochBatchSampler(10, 3, seed=5)
+    sampler.start = sampler.position(4)
+    resumed = list(itertools.islice(iter(sampler), 4))
+    assert straight[4:] == resumed
+    assert sampler.position(4) == (1, 1)  # 3 batches per epoch
+    epoch0 = [i for batch in straight[:3] for _, i in batch]
+    assert len(set(epoch0)) == 9  # a permutation, the last incomplete batch dropped
+
+
+def test_seeded_transforms_depend_only_on_the_key_and_leave_global_rng_alone():
+    class Items:
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.zeros(1), {"i": i}
+
+    def noisy(image, target):
+        return image + torch.rand(1), target
+
+    dataset = SeededTransforms(Items(), noisy, seed=3)
+    torch.manual_seed(0)
+    a = dataset[(1, 2)][0]
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    dataset[(0, 0)]
+    assert torch.equal(torch.rand(1), after)
+    assert torch.equal(dataset[(1, 2)][0], a) and not torch.equal(dataset[(2, 2)][0], a)

@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+
+from seglab.engine import train as train_module
+from seglab.engine.checkpoint import load_checkpoint
+from seglab.engine.config import TrainConfig
+from seglab.engine.train import Trainer, train
+
+
+def tiny_config(tmp_path, **overrides) -> TrainConfig:
+    values = dict(model="fcn8s_vgg16", width_mult=0.0625, batch_norm=True, model_options={"padding": "same"},
+                  data="shapes", image_size=64, num_train=12, num_val=4, batch_size=4, iters=6,
+                  optimizer="sgd", lr=0.01, log_every=1, ckpt_every=3, out=str(tmp_path / "run"))
+    return TrainConfig(**(values | overrides))
+
+
+def read_log(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_decreases_when_fitting_a_few_images(tmp_path):
+    config = tiny_config(tmp_path, num_train=8, iters=40, batch_size=4, optimizer="adamw", lr=3e-3,
+                         scale_range=(1.0, 1.0), hflip=False, model_options={"padding": "same", "dropout": 0.0},
+                         val_split=None)
+    train(config)
+    losses = [r["loss"] for r in read_log(tmp_path / "run") if "loss" in r]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+def test_resume_gives_the_same_weights_as_training_straight(tmp_path):
+    straight = tiny_config(tmp_path, out=str(tmp_path / "straight"), iters=6, ckpt_every=3, val_split=None)
+    train(straight)
+    interrupted = tiny_config(tmp_path, out=str(tmp_path / "resumed"), iters=6, ckpt_every=3, val_split=None,
+                              stop_at=3)
+    train(interrupted)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 3
+    train(tiny_config(tmp_path, out=str(tmp_path / "resumed"), iters=6, ckpt_every=3, val_split=None, resume=True))
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_loss = train_module.semantic_loss
+
+    def loss_turning_nan(outputs, masks):
+        calls["n"] += 1
+        loss = real_loss(outputs, masks)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(train_module, "semantic_loss", loss_turning_nan)
+    config = tiny_config(tmp_path, iters=8, ckpt_every=2, val_split=None)
+    with pytest.raises(FloatingPointError, match="step 5.*last.pt"):
+        train(config)
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["step"] == 4
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def test_validation_writes_best_checkpoint_report_and_curves(tmp_path):
+    result = train(tiny_config(tmp_path, iters=4, val_every=2))
+    run = tmp_path / "run"
+    for name in ["config.yaml", "metrics.jsonl", "last.pt", "best.pt", "curves.png",
+                 "eval/metrics.json", "eval/overlays.png", "eval/per_class_iou.png"]:
+        assert (run / name).is_file(), name
+    assert [r["step"] for r in read_log(run) if "val/miou" in r] == [2, 4]
+    assert 0.0 <= result["miou"] <= 1.0
+    best = load_checkpoint(run / "best.pt")
+    assert best["meta"]["classes"][0] == "background" and best["meta"]["model"] == "fcn8s_vgg16"
+
+
+def test_bad_dataset_is_reported_before_training_starts(tmp_path):
+    from PIL import Image
+
+    from seglab.data import export_shapes
+
+    root = export_shapes(tmp_path / "voc", "voc", {"train": 4, "val": 2}, image_size=48)
+    bad = sorted((root / "SegmentationClass").glob("*train*.png"))[1]
+    Image.new("P", (30, 20)).save(bad)  # wrong size
+    config = tiny_config(tmp_path, data="voc", data_root=str(root), batch_size=2,
+                         num_train=None, num_val=None)
+    with pytest.raises(ValueError, match=bad.name):
+        Trainer(config)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

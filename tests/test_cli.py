@@ -1,0 +1,82 @@
+"""End to end through the installed command line, in subprocesses, on tiny sizes."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seglab.data import Shapes
+
+
+def seglab(*args, cwd=None, check=True):
+    result = subprocess.run([sys.executable, "-m", "seglab", *map(str, args)], capture_output=True, text=True,
+                            cwd=cwd)
+    if check and result.returncode != 0:
+        raise AssertionError(f"seglab {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_train_eval_predict_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    config = tmp_path / "config.yaml"
+    config.write_text("width_mult: 0.0625\nbatch_norm: true\nmodel_options: {padding: same}\niters: 50\n")
+    seglab("train", "--config", config, "--model", "fcn8s_vgg16", "--data", "shapes", "--image-size", 64,
+           "--num-train", 8, "--num-val", 4, "--iters", 3, "--batch-size", 4, "--lr", 0.01, "--out", run)
+    saved = (run / "config.yaml").read_text()
+    assert "iters: 3" in saved and "width_mult: 0.0625" in saved  # flags override the file
+    for name in ["last.pt", "best.pt", "metrics.jsonl", "curves.png", "eval/overlays.png"]:
+        assert (run / name).is_file(), name
+
+    result = seglab("eval", "--checkpoint", run, "--out", tmp_path / "eval")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["iou"]) == set(Shapes.classes if hasattr(Shapes, "classes") else metrics["iou"])
+    assert "miou" in result.stdout.lower() or "mean" in result.stdout.lower()
+    assert (tmp_path / "eval" / "overlays.png").is_file()
+
+    image, _ = Shapes("test", 2, image_size=50)[1]
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "scene.jpg")
+    seglab("predict", "--checkpoint", run / "last.pt", tmp_path / "scene.jpg", "--out", tmp_path / "pred")
+    mask = Image.open(tmp_path / "pred" / "scene.png")
+    assert mask.mode == "P" and mask.size == (50, 50)
+    assert np.asarray(mask).max() < 5
+    assert Image.open(tmp_path / "pred" / "scene_overlay.png").size == (50, 50)
+
+
+def test_predict_names_a_corrupt_image_and_fails(tmp_path):
+    run = tmp_path / "run"
+    seglab("train", "--data", "shapes", "--image-size", 32, "--num-train", 4, "--val-split", "", "--iters", 1,
+           "--batch-size", 2, "--width-mult", 0.0625, "--out", run)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = seglab("predict", "--checkpoint", run, bad, "--out", tmp_path / "pred", check=False)
+    assert result.returncode == 1 and "broken.jpg" in result.stderr
+
+
+def test_export_shapes_then_data_check_and_bad_label_is_named(tmp_path):
+    root = tmp_path / "voc"
+    seglab("data", "export-shapes", root, "--format", "voc", "--num-train", 6, "--num-val", 2, "--image-size", 40)
+    result = seglab("data", "check", root, "--format", "voc", "--split", "train")
+    assert "6 images" in result.stdout and "circle" in result.stdout
+    mask_path = root / "SegmentationClass" / "shapes_train_000002.png"
+    mask = Image.open(mask_path)
+    values = np.asarray(mask).copy()
+    values[0, 0] = 9
+    bad = Image.fromarray(values, mode="P")
+    bad.putpalette(mask.getpalette())
+    bad.save(mask_path)
+    result = seglab("data", "check", root, "--format", "voc", "--split", "train", check=False)
+    assert result.returncode == 1 and "shapes_train_000002.png" in result.stderr and "9" in result.stderr
+
+
+def test_models_lists_the_fcn_family_with_parameter_counts():
+    out = seglab("models").stdout
+    assert "| fcn8s_vgg16 | semantic | 134,376,863 |" in out
+
+
+@pytest.mark.parametrize("argv", [["train", "--optimizer", "adam", "--iters", "1"]])
+def test_bad_option_gives_a_clear_error(argv, tmp_path):
+    result = seglab(*argv, "--out", tmp_path / "r", "--num-train", 4, "--batch-size", 2, "--image-size", 32,
+                    "--width-mult", 0.0625, check=False)
+    assert result.returncode == 1 and "adam" in result.stderr
