@@ -90,3 +90,15 @@ def test_bad_dataset_is_reported_before_training_starts(tmp_path):
     with pytest.raises(ValueError, match=bad.name):
         Trainer(config)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_load_returns_the_trained_model_with_its_metadata(tmp_path):
+    from seglab import models
+
+    trainer = Trainer(tiny_config(tmp_path, iters=2, val_split=None))
+    trainer.run()
+    loaded = models.load(tmp_path / "run")
+    assert not loaded.training and loaded.meta["num_classes"] == 5 and len(loaded.meta["palette"]) == 256
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)["out"], trainer.model.eval()(x)["out"])

@@ -6,25 +6,18 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
 from .. import viz
+from ..data.voc import load_image
 from .inference import predict_logits
 
 
 def read_image(path: str | Path) -> torch.Tensor:
     """An image file as uint8 (3,H,W); a missing or unreadable file raises an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    array = np.array(load_image(Path(path)).convert("RGB"))
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | Path) -> list[Path]:
