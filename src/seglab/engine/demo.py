@@ -16,7 +16,7 @@ DEMO_CONFIG = dict(
     model="fcn8s_vgg16", width_mult=0.25, batch_norm=True, model_options={"padding": "same", "dropout": 0.1},
     data="shapes", image_size=128, num_train=1000, num_val=200, scale_range=(1.0, 1.0),
     optimizer="adamw", lr=3e-3, weight_decay=1e-4, schedule="cosine", warmup=50,
-    batch_size=8, iters=1800, amp=True, channels_last=True, num_workers=0,
+    batch_size=8, iters=1600, amp=True, channels_last=True, num_workers=0,
     log_every=10, ckpt_every=250, val_every=0, out="runs/demo",
 )
 

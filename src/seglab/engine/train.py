@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torchvision.ops.misc import FrozenBatchNorm2d
 from tqdm import tqdm
 
 from .. import data, viz
@@ -82,7 +83,8 @@ class Trainer:
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         if config.frozen_bn:
-            tqdm.write("seglab: BatchNorm layers of the backbone are frozen (FrozenBatchNorm2d)")
+            frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in self.model.modules())
+            tqdm.write(f"seglab: {frozen} BatchNorm layers frozen (FrozenBatchNorm2d: fixed statistics and affine)")
         self.batches_per_epoch = len(self.train_set) // config.batch_size
         self.total = config.epochs * self.batches_per_epoch if config.epochs else config.iters
         self.optimizer = build_optimizer(self.model, config)
