@@ -16,7 +16,7 @@ class TrainConfig:
     model: str = "fcn8s_vgg16"
     num_classes: int | None = None  # default: len(dataset.classes)
     width_mult: float = 1.0
-    batch_norm: bool = False
+    batch_norm: bool | None = None  # VGG models: BatchNorm after each conv (None: the model's default)
     model_options: dict = field(default_factory=dict)  # any other builder option, e.g. {padding: same}
     backbone_weights: str | None = None  # torchvision classification state dict on disk
     frozen_bn: bool = False  # replace BatchNorm by FrozenBatchNorm2d (stated in the log)
@@ -60,8 +60,9 @@ class TrainConfig:
 
     def model_kwargs(self) -> dict:
         """Keyword options for ``seglab.models.create``."""
-        options = {"width_mult": self.width_mult, "batch_norm": self.batch_norm, "frozen_bn": self.frozen_bn,
-                   **self.model_options}
+        options = {"width_mult": self.width_mult, "frozen_bn": self.frozen_bn, **self.model_options}
+        if self.batch_norm is not None:
+            options["batch_norm"] = self.batch_norm
         if self.backbone_weights:
             options["weights_backbone"] = self.backbone_weights
         return options

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from torch import nn
 
-from . import fcn  # noqa: F401  (registers the FCN family)
+from . import deeplab, fcn  # noqa: F401  (registering the models)
 from .registry import count_parameters, create, entry, names, register
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..backbones import VGG16, freeze_batch_norm, load_torchvision_weights
 from ..ops import FixedBilinearUpsample, bilinear_conv_transpose, upsampling_padding
+from .base import SegmentationModel, load_weights, resnet_backbone
 from .registry import register
 
 # Crop offsets of the reference nets (voc-fcn{32,16,8}s): score_pool4 → 5, score_pool3 → 9,
@@ -109,11 +110,7 @@ def _build(num_classes: int, skips: tuple[str, ...], *, width_mult: float = 1.0,
         load_torchvision_weights(backbone, weights_backbone)
     if frozen_bn:
         freeze_batch_norm(backbone)
-    model = FCN(backbone, num_classes, skips, padding=padding, at_once=at_once)
-    if weights is not None:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("model", state))
-    return model
+    return load_weights(FCN(backbone, num_classes, skips, padding=padding, at_once=at_once), weights)
 
 
 _PAPER = "Long et al., Fully Convolutional Networks for Semantic Segmentation (arXiv:1411.4038)"
@@ -135,3 +132,36 @@ def fcn16s_vgg16(num_classes: int, **options) -> FCN:
 def fcn8s_vgg16(num_classes: int, **options) -> FCN:
     """FCN-8s: skips from pool4 and pool3, upsampled 8×."""
     return _build(num_classes, ("pool4", "pool3"), **options)
+
+
+def fcn_head(in_channels: int, num_classes: int) -> nn.Sequential:
+    """torchvision's ``FCNHead``: 3×3 conv to in/4 channels, BN, ReLU, dropout 0.1, 1×1 scores."""
+    inter = in_channels // 4
+    return nn.Sequential(nn.Conv2d(in_channels, inter, 3, padding=1, bias=False), nn.BatchNorm2d(inter),
+                         nn.ReLU(), nn.Dropout(0.1), nn.Conv2d(inter, num_classes, 1))
+
+
+def _build_resnet(depth: int, num_classes: int, *, aux: bool = False, output_stride: int = 8,
+                  width_mult: float = 1.0, weights: str | None = None, weights_backbone: str | None = None,
+                  frozen_bn: bool = False) -> SegmentationModel:
+    """torchvision's FCN variant: dilated ResNet (output stride 8) + ``fcn_head`` (+ aux head on layer3)."""
+    backbone = resnet_backbone(depth, output_stride=output_stride, width_mult=width_mult,
+                               weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    aux_head = fcn_head(backbone.channels["layer3"], num_classes) if aux else None
+    model = SegmentationModel(backbone, fcn_head(backbone.channels["layer4"], num_classes), aux_head)
+    return load_weights(model, weights)
+
+
+_TV_FCN = "torchvision's FCN variant: dilated ResNet + FCN head (Long et al., arXiv:1411.4038)"
+
+
+@register("fcn_resnet50", task="semantic", paper=_TV_FCN)
+def fcn_resnet50(num_classes: int, **options) -> SegmentationModel:
+    """FCN head on a dilated ResNet-50 (output stride 8), torchvision's layout and parameter names."""
+    return _build_resnet(50, num_classes, **options)
+
+
+@register("fcn_resnet101", task="semantic", paper=_TV_FCN)
+def fcn_resnet101(num_classes: int, **options) -> SegmentationModel:
+    """FCN head on a dilated ResNet-101 (output stride 8), torchvision's layout and parameter names."""
+    return _build_resnet(101, num_classes, **options)

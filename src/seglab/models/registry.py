@@ -45,7 +45,13 @@ def names(task: str | None = None) -> list[str]:
 
 def create(name: str, num_classes: int, **options) -> nn.Module:
     """Build the registered model ``name`` for ``num_classes`` classes with the builder's ``options``."""
-    return entry(name).builder(num_classes=num_classes, **options)
+    builder = entry(name).builder
+    try:
+        return builder(num_classes=num_classes, **options)
+    except TypeError as error:
+        if "unexpected keyword argument" in str(error):
+            raise ValueError(f"model {name!r} does not take that option: {error}") from error
+        raise
 
 
 def count_parameters(name: str, num_classes: int = 21, **options) -> int:

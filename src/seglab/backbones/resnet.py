@@ -1,0 +1,93 @@
+"""ResNet-50/101 (arXiv:1512.03385) for dense prediction: atrous (dilated) layer3/layer4 for output
+stride 16 or 8, and DeepLab v3's multi-grid rates in layer4 (arXiv:1706.05587 §3.2).
+
+Built from torchvision's ``Bottleneck`` with torchvision's parameter names (``conv1``, ``bn1``,
+``layer1.0.conv1`` …, ``downsample.0/1``), so torchvision classification and segmentation
+backbone state dicts load; ``width_mult`` scales every width for small experiments.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from .vgg import scaled
+
+DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+LAYER_NAMES = ("layer1", "layer2", "layer3", "layer4")
+
+
+class ResNet(nn.Module):
+    """ResNet without its classifier. Input (N,3,H,W) → {"layer1".."layer4": features}.
+
+    Args:
+        depth: 50 or 101.
+        output_stride: 32, 16 (layer4 dilated by 2) or 8 (layer3 by 2, layer4 by 4).
+        multi_grid: unit rates of layer4's blocks (e.g. (1, 2, 4)); block i's 3×3 convolution gets
+            dilation = layer4's rate × multi_grid[i]. None keeps torchvision's rates (the first block of
+            a dilated layer uses the previous layer's dilation), which its checkpoints expect.
+        width_mult: scales all channel counts (1.0 = the paper's network).
+    """
+
+    def __init__(self, depth: int = 50, output_stride: int = 32, multi_grid: tuple[int, ...] | None = None,
+                 width_mult: float = 1.0):
+        super().__init__()
+        if depth not in DEPTHS:
+            raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        dilate = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}[output_stride]
+        self.inplanes, self.dilation = scaled(64, width_mult), 1
+        self.conv1 = nn.Conv2d(3, self.inplanes, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.channels, self.strides = {}, {}
+        stride = 4
+        for index, (name, blocks) in enumerate(zip(LAYER_NAMES, DEPTHS[depth])):
+            layer_stride = 1 if index == 0 else 2
+            dilated = index > 0 and dilate[index - 1]
+            stride *= 1 if dilated else layer_stride
+            setattr(self, name, self._make_layer(scaled(64 * 2 ** index, width_mult), blocks, layer_stride, dilated))
+            self.channels[name] = self.inplanes
+            self.strides[name] = stride
+        if multi_grid is not None:
+            if len(multi_grid) != len(self.layer4):
+                raise ValueError(f"multi_grid needs {len(self.layer4)} rates for layer4, got {multi_grid}")
+            for block, unit in zip(self.layer4, multi_grid):
+                rate = self.dilation * unit
+                block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, planes: int, blocks: int, stride: int, dilate: bool) -> nn.Sequential:
+        """torchvision's ``ResNet._make_layer``: a dilated layer trades its stride for dilation."""
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride,
+                                                 bias=False), nn.BatchNorm2d(planes * Bottleneck.expansion))
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample, dilation=previous_dilation)]
+        self.inplanes = planes * Bottleneck.expansion
+        layers += [Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = OrderedDict()
+        for name in LAYER_NAMES:
+            x = getattr(self, name)(x)
+            out[name] = x
+        return out
+
+
+def load_torchvision_resnet_weights(backbone: ResNet, path: str) -> None:
+    """Load a torchvision ResNet classification state dict from disk (its ``fc`` is dropped; strict)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)

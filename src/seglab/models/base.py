@@ -1,0 +1,54 @@
+"""The shape shared by most semantic models: backbone → head on one feature map → bilinear upsampling
+to the input size (torchvision's ``_SimpleSegmentationModel``), plus the helpers their builders share."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import freeze_batch_norm
+from ..backbones.resnet import ResNet, load_torchvision_resnet_weights
+
+
+class SegmentationModel(nn.Module):
+    """Images (N,3,H,W) → {"out": logits (N,C,H,W)[, "aux": logits (N,C,H,W)]}.
+
+    ``classifier`` reads ``features[feature]`` (or the whole feature dict when ``feature`` is None, for
+    decoders that fuse several levels); ``aux_classifier`` reads ``features[aux_feature]``. Logits are
+    upsampled bilinearly (align_corners=False) to the input size.
+    """
+
+    def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None = None,
+                 feature: str | None = "layer4", aux_feature: str = "layer3"):
+        super().__init__()
+        self.backbone, self.classifier, self.aux_classifier = backbone, classifier, aux_classifier
+        self.feature, self.aux_feature = feature, aux_feature
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = images.shape[-2:]
+        features = self.backbone(images)
+        scores = self.classifier(features if self.feature is None else features[self.feature])
+        out = {"out": F.interpolate(scores, size=size, mode="bilinear", align_corners=False)}
+        if self.aux_classifier is not None:
+            aux = self.aux_classifier(features[self.aux_feature])
+            out["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
+        return out
+
+
+def resnet_backbone(depth: int, *, output_stride: int, multi_grid=None, width_mult: float = 1.0,
+                    weights_backbone: str | None = None, frozen_bn: bool = False) -> ResNet:
+    """A ``ResNet`` with optional ImageNet weights from disk and optionally frozen BatchNorm."""
+    backbone = ResNet(depth, output_stride, tuple(multi_grid) if multi_grid else None, width_mult)
+    if weights_backbone is not None:
+        load_torchvision_resnet_weights(backbone, weights_backbone)
+    if frozen_bn:
+        freeze_batch_norm(backbone)
+    return backbone
+
+
+def load_weights(model: nn.Module, path: str | None) -> nn.Module:
+    """Load a seglab checkpoint (its ``"model"``) or a plain state dict from disk, weights_only, strict."""
+    if path is not None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("model", state))
+    return model

@@ -1,0 +1,170 @@
+"""The DeepLab family on atrous ResNets: v2 (ASPP-L, arXiv:1606.00915), v3 (ASPP with image pooling,
+arXiv:1706.05587) and v3+ (encoder-decoder, arXiv:1802.02611).
+
+v3's builders default to torchvision's layout (output stride 8, rates 12/24/36, no multi-grid, dropout
+after the projection, an extra 3×3 conv-BN-ReLU before the classifier) so that torchvision checkpoints
+load unchanged; the paper's settings are options: ``output_stride=16, multi_grid=(1, 2, 4),
+extra_conv=False`` (rates then default to 6/12/18, doubled at output stride 8, §3.3).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones.vgg import scaled
+from .base import SegmentationModel, load_weights, resnet_backbone
+from .fcn import fcn_head
+from .registry import register
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
+    """Conv (no bias, 'same' padding) → BatchNorm → ReLU; torchvision's ASPP branch layout."""
+    padding = dilation * (kernel - 1) // 2
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=padding, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+class ImagePooling(nn.Sequential):
+    """ASPP's image-level branch (v3 §3.3): global average pool → 1×1 conv-BN-ReLU → broadcast to (H,W)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(in_channels, out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class ASPP(nn.Module):
+    """DeepLab v3 Atrous Spatial Pyramid Pooling: (N,C_in,H,W) → (N,out,H,W).
+
+    Branches (``convs``): a 1×1 conv, one 3×3 conv per rate, image pooling; each conv-BN-ReLU with
+    ``out_channels``; concatenated and projected by 1×1 conv-BN-ReLU (``project``), then dropout.
+    """
+
+    def __init__(self, in_channels: int, rates: Sequence[int], out_channels: int = 256, dropout: float = 0.5):
+        super().__init__()
+        branches = [conv_bn_relu(in_channels, out_channels)]
+        branches += [conv_bn_relu(in_channels, out_channels, 3, rate) for rate in rates]
+        branches.append(ImagePooling(in_channels, out_channels))
+        self.convs = nn.ModuleList(branches)
+        self.project = nn.Sequential(*conv_bn_relu(len(branches) * out_channels, out_channels), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+
+
+class ASPPSum(nn.Module):
+    """DeepLab v2's ASPP (§3.3, ResNet-101 model): one 3×3 convolution per rate from the features
+    straight to class scores, summed. (N,C_in,H,W) → (N,num_classes,H,W)."""
+
+    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int]):
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in rates)
+        for branch in self.branches:  # the reference net initialises the score layers with N(0, 0.01²)
+            nn.init.normal_(branch.weight, std=0.01)
+            nn.init.zeros_(branch.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([branch(x) for branch in self.branches]).sum(0)
+
+
+class DeepLabV3PlusDecoder(nn.Module):
+    """v3+ decoder (§3.1): low-level features → 1×1 conv-BN-ReLU to 48 channels (``reduce``); ASPP
+    output upsampled bilinearly to their size, concatenated, two 3×3 conv-BN-ReLU (``fuse``), 1×1 scores.
+
+    Takes the backbone's feature dict; returns scores at the low-level stride (4)."""
+
+    def __init__(self, aspp: ASPP, low_channels: int, num_classes: int, aspp_channels: int, reduced: int = 48,
+                 width: int = 256, feature: str = "layer4", low_feature: str = "layer1"):
+        super().__init__()
+        self.aspp, self.feature, self.low_feature = aspp, feature, low_feature
+        self.reduce = conv_bn_relu(low_channels, reduced)
+        self.fuse = nn.Sequential(conv_bn_relu(aspp_channels + reduced, width, 3), conv_bn_relu(width, width, 3))
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        low = self.reduce(features[self.low_feature])
+        high = F.interpolate(self.aspp(features[self.feature]), size=low.shape[-2:], mode="bilinear",
+                             align_corners=False)
+        return self.classifier(self.fuse(torch.cat([high, low], dim=1)))
+
+
+def default_rates(output_stride: int) -> tuple[int, int, int]:
+    """v3's ASPP rates: (6, 12, 18) at output stride 16, doubled at 8 (§3.3)."""
+    return (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+
+
+def _deeplabv3(depth: int, num_classes: int, *, output_stride: int = 8, aspp_rates: Sequence[int] | None = None,
+               multi_grid: Sequence[int] | None = None, extra_conv: bool = True, aspp_dropout: float = 0.5,
+               aux: bool = False, width_mult: float = 1.0, weights: str | None = None,
+               weights_backbone: str | None = None, frozen_bn: bool = False) -> SegmentationModel:
+    backbone = resnet_backbone(depth, output_stride=output_stride, multi_grid=multi_grid, width_mult=width_mult,
+                               weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    width = scaled(256, width_mult)
+    aspp = ASPP(backbone.channels["layer4"], aspp_rates or default_rates(output_stride), width, aspp_dropout)
+    head = [aspp, *conv_bn_relu(width, width, 3)] if extra_conv else [aspp]
+    classifier = nn.Sequential(*head, nn.Conv2d(width, num_classes, 1))
+    aux_head = fcn_head(backbone.channels["layer3"], num_classes) if aux else None
+    return load_weights(SegmentationModel(backbone, classifier, aux_head), weights)
+
+
+def _deeplabv3plus(depth: int, num_classes: int, *, output_stride: int = 16,
+                   aspp_rates: Sequence[int] | None = None, multi_grid: Sequence[int] | None = None,
+                   aspp_dropout: float = 0.1, width_mult: float = 1.0, weights: str | None = None,
+                   weights_backbone: str | None = None, frozen_bn: bool = False) -> SegmentationModel:
+    backbone = resnet_backbone(depth, output_stride=output_stride, multi_grid=multi_grid, width_mult=width_mult,
+                               weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    width = scaled(256, width_mult)
+    aspp = ASPP(backbone.channels["layer4"], aspp_rates or default_rates(output_stride), width, aspp_dropout)
+    decoder = DeepLabV3PlusDecoder(aspp, backbone.channels["layer1"], num_classes, width,
+                                   reduced=scaled(48, width_mult), width=width)
+    return load_weights(SegmentationModel(backbone, decoder, feature=None), weights)
+
+
+def _deeplabv2(depth: int, num_classes: int, *, aspp_rates: Sequence[int] = (6, 12, 18, 24),
+               output_stride: int = 8, width_mult: float = 1.0, weights: str | None = None,
+               weights_backbone: str | None = None, frozen_bn: bool = False) -> SegmentationModel:
+    backbone = resnet_backbone(depth, output_stride=output_stride, width_mult=width_mult,
+                               weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    aspp = ASPPSum(backbone.channels["layer4"], num_classes, aspp_rates)
+    return load_weights(SegmentationModel(backbone, aspp), weights)
+
+
+ASPP_L, ASPP_S = (6, 12, 18, 24), (2, 4, 8, 12)  # DeepLab v2 §4.1
+_V2 = "Chen et al., DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous Convolution, " \
+      "and Fully Connected CRFs (arXiv:1606.00915)"
+_V3 = "Chen et al., Rethinking Atrous Convolution for Semantic Image Segmentation (arXiv:1706.05587)"
+_V3PLUS = "Chen et al., Encoder-Decoder with Atrous Separable Convolution (arXiv:1802.02611)"
+
+
+@register("deeplabv2_resnet101", task="semantic", paper=_V2)
+def deeplabv2_resnet101(num_classes: int, **options) -> SegmentationModel:
+    """DeepLab v2 ASPP-L on ResNet-101 at output stride 8; ``aspp_rates=ASPP_S`` for ASPP-S."""
+    return _deeplabv2(101, num_classes, **options)
+
+
+@register("deeplabv3_resnet50", task="semantic", paper=_V3)
+def deeplabv3_resnet50(num_classes: int, **options) -> SegmentationModel:
+    """DeepLab v3 on ResNet-50 (torchvision layout by default; see the module docstring)."""
+    return _deeplabv3(50, num_classes, **options)
+
+
+@register("deeplabv3_resnet101", task="semantic", paper=_V3)
+def deeplabv3_resnet101(num_classes: int, **options) -> SegmentationModel:
+    """DeepLab v3 on ResNet-101 (torchvision layout by default; see the module docstring)."""
+    return _deeplabv3(101, num_classes, **options)
+
+
+@register("deeplabv3plus_resnet50", task="semantic", paper=_V3PLUS)
+def deeplabv3plus_resnet50(num_classes: int, **options) -> SegmentationModel:
+    """DeepLab v3+ (ASPP + decoder on layer1) on ResNet-50, output stride 16."""
+    return _deeplabv3plus(50, num_classes, **options)
+
+
+@register("deeplabv3plus_resnet101", task="semantic", paper=_V3PLUS)
+def deeplabv3plus_resnet101(num_classes: int, **options) -> SegmentationModel:
+    """DeepLab v3+ (ASPP + decoder on layer1) on ResNet-101, output stride 16."""
+    return _deeplabv3plus(101, num_classes, **options)
