@@ -8,6 +8,8 @@ import pytest
 from PIL import Image
 
 from seglab.data import Shapes
+from seglab.engine.config import TrainConfig
+from seglab.engine.train import train
 
 
 def seglab(*args, cwd=None, check=True):
@@ -80,3 +82,25 @@ def test_bad_option_gives_a_clear_error(argv, tmp_path):
     result = seglab(*argv, "--out", tmp_path / "r", "--num-train", 4, "--batch-size", 2, "--image-size", 32,
                     "--width-mult", 0.0625, check=False)
     assert result.returncode == 1 and "adam" in result.stderr
+
+
+def test_eval_and_predict_with_sliding_window_multiscale_and_flip(tmp_path):
+    train(TrainConfig(width_mult=0.0625, model_options={"padding": "same"}, image_size=64, num_train=2,
+                      val_split=None, iters=1, batch_size=2, out=str(tmp_path / "run")))  # in-process: faster
+    seglab("eval", "--checkpoint", tmp_path / "run", "--num-images", 2, "--crop", 48, "--stride", 32,
+           "--scales", 0.75, 1.0, "--flip", "--out", tmp_path / "eval")
+    assert "miou" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    image, _ = Shapes("test", 1, image_size=40)[0]
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "scene.png")
+    seglab("predict", "--checkpoint", tmp_path / "run", tmp_path / "scene.png", "--crop", 32, 40,
+           "--out", tmp_path / "pred")
+    assert Image.open(tmp_path / "pred" / "scene.png").size == (40, 40)
+
+
+def test_eval_can_override_the_output_stride_of_a_deeplab_run(tmp_path):
+    run = tmp_path / "run"
+    seglab("train", "--model", "deeplabv3_resnet50", "--model-option", "output_stride=16", "--data", "shapes",
+           "--image-size", 32, "--num-train", 4, "--num-val", 2, "--iters", 1, "--batch-size", 2,
+           "--width-mult", 0.0625, "--out", run)
+    result = seglab("eval", "--checkpoint", run, "--model-option", "output_stride=8", "--out", tmp_path / "eval")
+    assert (tmp_path / "eval" / "metrics.json").is_file() and "mean" in result.stdout

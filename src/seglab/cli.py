@@ -41,14 +41,19 @@ def _config_from_args(args: argparse.Namespace):
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     if args.model_options:
-        options = {}
-        for item in args.model_options:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise SystemExit(f"--model-option expects KEY=VALUE, got {item!r}")
-            options[key] = yaml.safe_load(value)
-        overrides["model_options"] = options
+        overrides["model_options"] = _model_options(args)
     return load_config(args.config, overrides)
+
+
+def _model_options(args) -> dict:
+    """``--model-option KEY=VALUE`` flags as a dict, values parsed as YAML (``8``, ``[1, 2, 4]``, ``true``)."""
+    options = {}
+    for item in args.model_options or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--model-option expects KEY=VALUE, got {item!r}")
+        options[key] = yaml.safe_load(value)
+    return options
 
 
 def cmd_train(args) -> None:
@@ -63,13 +68,31 @@ def cmd_demo(args) -> None:
     run_demo(out=args.out)
 
 
+def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    """Model-option overrides and sliding-window / multi-scale / flip flags of ``eval`` and ``predict``."""
+    parser.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
+                        help="override a saved model option where the weights allow, e.g. output_stride=8")
+    parser.add_argument("--crop", type=int, nargs="+", metavar=("H", "W"),
+                        help="sliding-window inference with H×W windows (W defaults to H); default: whole image")
+    parser.add_argument("--stride", type=int, nargs="+", metavar=("H", "W"),
+                        help="sliding-window step in pixels (default: 2/3 of the crop)")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
+                        help="average the logits over these image scales, e.g. 0.75 1.0 1.25")
+    parser.add_argument("--flip", action="store_true", help="also average the horizontally flipped image's logits")
+
+
+def _inference_options(args) -> dict:
+    """Keyword options of ``infer_logits`` from the flags of ``_add_inference_flags``."""
+    return {"crop": args.crop, "stride": args.stride, "scales": tuple(args.scales), "flip": args.flip}
+
+
 def cmd_eval(args) -> None:
     from . import data, models
     from .engine.checkpoint import resolve_checkpoint
     from .engine.evaluate import evaluate, write_report
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    model = models.load(checkpoint, device=args.device)
+    model = models.load(checkpoint, device=args.device, **_model_options(args))
     meta = model.meta
     trained = yaml.safe_load((checkpoint.parent / "config.yaml").read_text()) \
         if (checkpoint.parent / "config.yaml").is_file() else {}
@@ -81,7 +104,7 @@ def cmd_eval(args) -> None:
     if name != "shapes":
         data.validate_dataset(dataset, meta["num_classes"])
     result, visuals = evaluate(model, dataset, meta["num_classes"], meta["mean"], meta["std"],
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size, **_inference_options(args))
     out = Path(args.out or checkpoint.parent / "eval")
     print(write_report(result, meta["classes"], meta["palette"], visuals, out))
     print(f"wrote {out}/metrics.json, per_class_iou.png, overlays.png")
@@ -91,8 +114,8 @@ def cmd_predict(args) -> None:
     from . import models
     from .engine.predict import predict_files
 
-    model = models.load(args.checkpoint, device=args.device)
-    written = predict_files(model, args.images, args.out)
+    model = models.load(args.checkpoint, device=args.device, **_model_options(args))
+    written = predict_files(model, args.images, args.out, **_inference_options(args))
     print(f"wrote {len(written)} masks and overlays to {args.out}")
 
 
@@ -147,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--out", help="output directory (default: RUN_DIR/eval)")
+    _add_inference_flags(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     predict = commands.add_parser("predict", help="predict masks and overlays for image files")
@@ -154,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True, help="run directory or .pt file")
     predict.add_argument("--out", required=True)
     predict.add_argument("--device", default="cpu")
+    _add_inference_flags(predict)
     predict.set_defaults(func=cmd_predict)
 
     models_cmd = commands.add_parser("models", help="list registered models with their parameter counts")

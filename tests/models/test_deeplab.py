@@ -89,3 +89,26 @@ def test_deeplabv3plus_decoder_fuses_layer1_at_stride_4():
     assert out.shape == (1, 3, 67, 45)
     assert seen["scores"].shape[-2:] == (17, 12)  # layer1: stride 4
     assert model.classifier.reduce[0].out_channels == 3  # 48 x 0.0625
+
+
+def test_deeplabv1_largefov_parameters_match_the_papers_layer_shapes():
+    convs = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+             (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    expected = sum(9 * i * o + o for i, o in convs)
+    expected += 9 * 512 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 21 + 21  # fc6 (3x3, rate 12), fc7, fc8
+    assert models.count_parameters("deeplabv1_vgg16", 21) == expected
+    assert round(expected / 1e6, 1) == 20.5  # Table 2 of arXiv:1412.7062: "20.5M" for DeepLab-LargeFOV
+
+
+def test_deeplabv1_head_is_dilated_and_logits_align_corners():
+    model = models.create("deeplabv1_vgg16", 3, width_mult=0.0625).eval()
+    assert model.classifier.fc6[0].dilation == (12, 12) and model.classifier.fc6[0].kernel_size == (3, 3)
+    assert model.backbone.strides["pool5"] == 8 and model.align_corners
+    seen = {}
+    model.classifier.register_forward_hook(lambda m, i, o: seen.__setitem__("scores", o))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 65, 41))["out"]
+    scores = seen["scores"]
+    assert scores.shape[-2:] == (9, 6)  # ceil((H - 1) / 8) + 1
+    torch.testing.assert_close(out[..., 0, 0], scores[..., 0, 0])  # corner logits are the scores themselves
+    torch.testing.assert_close(out[..., 64, 0], scores[..., 8, 0])

@@ -40,7 +40,7 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "poly"  # poly | step | cosine
+    schedule: str = "poly"  # poly | step | cosine | constant
     poly_power: float = 0.9
     step_size: int | None = None  # step schedule: decay every step_size iters (default iters // 3)
     step_gamma: float = 0.1

@@ -1,5 +1,5 @@
 """Optimisers and learning-rate schedules of the papers: SGD with momentum or AdamW; warm-up then
-poly (DeepLab: (1 − t/T)^0.9), step, or cosine decay, all per iteration."""
+poly (DeepLab: (1 − t/T)^0.9), step, cosine decay or a constant rate (FCN), all per iteration."""
 from __future__ import annotations
 
 import math
@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+
+SCHEDULES = ("poly", "step", "cosine", "constant")
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -31,16 +33,18 @@ def lr_factor(step: int, total: int, config: TrainConfig) -> float:
     t = min(step - config.warmup, total - config.warmup) / max(1, total - config.warmup)
     if config.schedule == "poly":
         return (1 - t) ** config.poly_power
+    if config.schedule == "constant":
+        return 1.0
     if config.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * t))
     if config.schedule == "step":
         step_size = config.step_size or max(1, total // 3)
         return config.step_gamma ** ((step - config.warmup) // step_size)
-    raise ValueError(f"unknown schedule {config.schedule!r}; expected 'poly', 'step' or 'cosine'")
+    raise ValueError(f"unknown schedule {config.schedule!r}; expected one of {SCHEDULES}")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total: int, config: TrainConfig):
     """A ``LambdaLR`` stepping once per iteration (its state_dict holds only the step count)."""
-    if config.schedule not in ("poly", "step", "cosine"):
-        raise ValueError(f"unknown schedule {config.schedule!r}; expected 'poly', 'step' or 'cosine'")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {config.schedule!r}; expected one of {SCHEDULES}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, config))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .. import viz
 from ..data.voc import load_image
-from .inference import predict_logits
+from .inference import Size, infer_logits
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -20,10 +20,12 @@ def read_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | Path) -> list[Path]:
+def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | Path, *, crop: Size | None = None,
+                  stride: Size | None = None, scales: Sequence[float] = (1.0,), flip: bool = False) -> list[Path]:
     """For each image: ``<stem>.png`` (palette PNG of class ids) and ``<stem>_overlay.png`` in ``out_dir``.
 
-    ``model.meta`` (from ``seglab.models.load``) supplies mean/std and the palette.
+    ``model.meta`` (from ``seglab.models.load``) supplies mean/std and the palette. ``crop``, ``stride``,
+    ``scales`` and ``flip`` choose the inference mode (see ``infer_logits``); default: whole image.
     """
     meta = model.meta
     out = Path(out_dir)
@@ -31,7 +33,9 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
     written = []
     for path in tqdm(list(paths), desc="predict", unit="img"):
         image = read_image(path)
-        pred = predict_logits(model, image[None], meta["mean"], meta["std"])[0].argmax(0).cpu()
+        logits = infer_logits(model, image[None], meta["mean"], meta["std"], crop=crop, stride=stride,
+                              scales=scales, flip=flip)
+        pred = logits[0].argmax(0).cpu()
         stem = Path(path).stem
         viz.colorize(pred, meta["palette"]).save(out / f"{stem}.png")
         viz.overlay(image, pred, meta["palette"]).save(out / f"{stem}_overlay.png")

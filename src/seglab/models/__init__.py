@@ -5,20 +5,22 @@ from pathlib import Path
 
 from torch import nn
 
-from . import deeplab, fcn  # noqa: F401  (registering the models)
+from . import deeplab, dilation, fcn, gcn  # noqa: F401  (registering the models)
 from .registry import count_parameters, create, entry, names, register
 
 
-def load(path: str | Path, device: str = "cpu") -> nn.Module:
+def load(path: str | Path, device: str = "cpu", **options) -> nn.Module:
     """A ready model (eval mode) from a checkpoint file or a run directory (``best.pt``, else ``last.pt``).
 
     The checkpoint's ``"meta"`` (model name and options, class names, palette, mean/std) is attached as
-    ``model.meta``, so prediction needs nothing else.
+    ``model.meta``, so prediction needs nothing else. ``options`` override the saved model options where
+    the weights allow it, e.g. ``output_stride=8`` to evaluate a DeepLab trained at output stride 16.
     """
     from ..engine.checkpoint import load_checkpoint, resolve_checkpoint
 
     checkpoint = load_checkpoint(resolve_checkpoint(path))
     meta = checkpoint["meta"]
+    meta["options"] = {**meta["options"], **options}
     model = create(meta["model"], meta["num_classes"], **meta["options"])
     model.load_state_dict(checkpoint["model"])
     model.meta = meta

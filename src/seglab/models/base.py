@@ -15,23 +15,24 @@ class SegmentationModel(nn.Module):
 
     ``classifier`` reads ``features[feature]`` (or the whole feature dict when ``feature`` is None, for
     decoders that fuse several levels); ``aux_classifier`` reads ``features[aux_feature]``. Logits are
-    upsampled bilinearly (align_corners=False) to the input size.
+    upsampled bilinearly to the input size (``align_corners=True`` for backbones whose output pixel i
+    is centred on input pixel stride·i, as Caffe's DeepLab).
     """
 
     def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None = None,
-                 feature: str | None = "layer4", aux_feature: str = "layer3"):
+                 feature: str | None = "layer4", aux_feature: str = "layer3", align_corners: bool = False):
         super().__init__()
         self.backbone, self.classifier, self.aux_classifier = backbone, classifier, aux_classifier
-        self.feature, self.aux_feature = feature, aux_feature
+        self.feature, self.aux_feature, self.align_corners = feature, aux_feature, align_corners
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         size = images.shape[-2:]
         features = self.backbone(images)
         scores = self.classifier(features if self.feature is None else features[self.feature])
-        out = {"out": F.interpolate(scores, size=size, mode="bilinear", align_corners=False)}
+        out = {"out": F.interpolate(scores, size=size, mode="bilinear", align_corners=self.align_corners)}
         if self.aux_classifier is not None:
             aux = self.aux_classifier(features[self.aux_feature])
-            out["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
+            out["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=self.align_corners)
         return out
 
 

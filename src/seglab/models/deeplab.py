@@ -1,5 +1,6 @@
-"""The DeepLab family on atrous ResNets: v2 (ASPP-L, arXiv:1606.00915), v3 (ASPP with image pooling,
-arXiv:1706.05587) and v3+ (encoder-decoder, arXiv:1802.02611).
+"""The DeepLab family: v1 (DeepLab-LargeFOV on atrous VGG16, arXiv:1412.7062) and, on atrous ResNets,
+v2 (ASPP-L, arXiv:1606.00915), v3 (ASPP with image pooling, arXiv:1706.05587) and v3+ (encoder-decoder,
+arXiv:1802.02611).
 
 v3's builders default to torchvision's layout (output stride 8, rates 12/24/36, no multi-grid, dropout
 after the projection, an extra 3×3 conv-BN-ReLU before the classifier) so that torchvision checkpoints
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.vgg import scaled
+from ..backbones.vgg import deeplab_vgg16_backbone, scaled
 from .base import SegmentationModel, load_weights, resnet_backbone
 from .fcn import fcn_head
 from .registry import register
@@ -25,6 +26,25 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 1, dilation:
     padding = dilation * (kernel - 1) // 2
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=padding, dilation=dilation, bias=False),
                          nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+class LargeFOVHead(nn.Module):
+    """DeepLab-LargeFOV's replacement of VGG's fc layers (arXiv:1412.7062 §4.1, Table 2): the prototxt's
+    pool5a (3×3 average pool, stride 1, padding 1), fc6 3×3 with dilation 12 and 1024 channels, fc7 1×1
+    with 1024, ReLU and dropout after each, fc8 1×1 to classes. (N,C_in,h,w) → (N,num_classes,h,w)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 1024, rate: int = 12, dropout: float = 0.5):
+        super().__init__()
+        self.pool5a = nn.AvgPool2d(3, stride=1, padding=1)
+        self.fc6 = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True),
+                                 nn.Dropout(dropout))
+        self.fc7 = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.fc8 = nn.Conv2d(width, num_classes, 1)
+        nn.init.normal_(self.fc8.weight, std=0.01)  # the reference prototxt's Gaussian(0.01) for fc8
+        nn.init.zeros_(self.fc8.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc8(self.fc7(self.fc6(self.pool5a(x))))
 
 
 class ImagePooling(nn.Sequential):
@@ -133,11 +153,29 @@ def _deeplabv2(depth: int, num_classes: int, *, aspp_rates: Sequence[int] = (6, 
     return load_weights(SegmentationModel(backbone, aspp), weights)
 
 
+def _deeplabv1(num_classes: int, *, width_mult: float = 1.0, batch_norm: bool = False, rate: int = 12,
+               dropout: float = 0.5, weights: str | None = None, weights_backbone: str | None = None,
+               frozen_bn: bool = False) -> SegmentationModel:
+    backbone = deeplab_vgg16_backbone(width_mult=width_mult, batch_norm=batch_norm,
+                                      weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    head = LargeFOVHead(backbone.channels["pool5"], num_classes, scaled(1024, width_mult), rate, dropout)
+    # Output pixel i sits on input pixel 8i (3×3 pools with padding), hence align_corners=True.
+    return load_weights(SegmentationModel(backbone, head, feature="pool5", align_corners=True), weights)
+
+
 ASPP_L, ASPP_S = (6, 12, 18, 24), (2, 4, 8, 12)  # DeepLab v2 §4.1
+_V1 = "Chen et al., Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected CRFs " \
+      "(arXiv:1412.7062)"
 _V2 = "Chen et al., DeepLab: Semantic Image Segmentation with Deep Convolutional Nets, Atrous Convolution, " \
       "and Fully Connected CRFs (arXiv:1606.00915)"
 _V3 = "Chen et al., Rethinking Atrous Convolution for Semantic Image Segmentation (arXiv:1706.05587)"
 _V3PLUS = "Chen et al., Encoder-Decoder with Atrous Separable Convolution (arXiv:1802.02611)"
+
+
+@register("deeplabv1_vgg16", task="semantic", paper=_V1)
+def deeplabv1_vgg16(num_classes: int, **options) -> SegmentationModel:
+    """DeepLab-LargeFOV: atrous VGG16 (output stride 8) + ``LargeFOVHead``, logits upsampled bilinearly."""
+    return _deeplabv1(num_classes, **options)
 
 
 @register("deeplabv2_resnet101", task="semantic", paper=_V2)
