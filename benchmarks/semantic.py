@@ -12,6 +12,7 @@ than two implementations of one network. Timings are interleaved in one process 
 ``--repeats`` runs after a warm-up); peak RSS is measured in a fresh subprocess per model and size.
 
     python benchmarks/semantic.py [--table fcn|models|all] [--sizes 320 512] [--repeats 5] [--train-batch 2]
+                                  [--models NAME ...]
 """
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ import seglab
 NUM_CLASSES = 21
 
 
-# Published parameter counts at 21 classes: the FCN paper's "134M", and torchvision's model docs, which
+# Published parameter counts at 21 classes: the FCN paper's "134M", DeepLab-LargeFOV's "20.5M", and torchvision's model docs, which
 # include the auxiliary FCN head (2,365,205 parameters on ResNet layer3) that these builds leave out.
-PUBLISHED = {"fcn8s_vgg16": "≈134M (paper)", "fcn16s_vgg16": "≈134M (paper)", "fcn32s_vgg16": "≈134M (paper)",
+PUBLISHED = {"deeplabv1_vgg16": "20.5M (paper)", "fcn8s_vgg16": "≈134M (paper)", "fcn16s_vgg16": "≈134M (paper)", "fcn32s_vgg16": "≈134M (paper)",
              "fcn_resnet50": "35,322,218 with aux (torchvision)", "fcn_resnet101": "54,314,346 with aux (torchvision)",
              "deeplabv3_resnet50": "42,004,074 with aux (torchvision)",
              "deeplabv3_resnet101": "60,996,202 with aux (torchvision)"}
@@ -126,12 +127,12 @@ def fcn_table(sizes: list[int], repeats: int, train_batch: int) -> None:
               f"{rss[0] / rss[1]:.2f} |", flush=True)
 
 
-def models_table(size: int, repeats: int) -> None:
+def models_table(size: int, repeats: int, names: list[str]) -> None:
     print(f"| model | parameters | published | latency at {size}² (s) | torchvision, same weights (s) | "
           f"ratio | peak RSS (MiB) |")
     print("|---|---:|---|---:|---:|---:|---:|")
     image = torch.randn(1, 3, size, size)
-    for name in seglab.models.names("semantic"):
+    for name in names:
         torch.manual_seed(0)
         model = build(name)
         runners = {"seglab": model}
@@ -164,6 +165,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 512])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--models", nargs="+", default=None, help="models of the models table (default: all)")
     parser.add_argument("--rss-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_worker:
@@ -174,7 +176,7 @@ def main() -> None:
         fcn_table(args.sizes, args.repeats, args.train_batch)
         print()
     if args.table in ("models", "all"):
-        models_table(max(args.sizes), args.repeats)
+        models_table(max(args.sizes), args.repeats, args.models or seglab.models.names("semantic"))
 
 
 if __name__ == "__main__":
