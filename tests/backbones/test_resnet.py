@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from seglab.backbones.resnet import ResNet, load_torchvision_resnet_weights
+from seglab.backbones import ResNet, load_torchvision_weights
 
 DILATIONS = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
 
@@ -15,7 +15,7 @@ def test_resnet_matches_torchvision_with_its_weights(depth, output_stride, tmp_p
     tv = ctor(weights=None, replace_stride_with_dilation=DILATIONS[output_stride]).eval()
     torch.save(tv.state_dict(), tmp_path / "resnet.pth")
     ours = ResNet(depth, output_stride)
-    load_torchvision_resnet_weights(ours, str(tmp_path / "resnet.pth"))
+    load_torchvision_weights(ours, str(tmp_path / "resnet.pth"))
     x = torch.randn(1, 3, 57, 41)
     with torch.no_grad():
         features = ours.eval()(x)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import seglab
-from seglab.engine.inference import (infer_logits, multiscale_logits, normalize, predict_logits,
+from seglab.engine.inference import (infer_logits, multiscale_logits, normalize,
                                      slide_windows, sliding_window_logits)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -121,7 +121,7 @@ def test_image_smaller_than_the_crop_is_padded_and_returns_its_own_size(fcn):
 
 def test_batched_sliding_window_equals_one_image_at_a_time():
     model, x = Convs(kernel_size=3), images(2, 53, 71)
-    both = sliding_window_logits(model, x, 32, 21, num_classes=3)
+    both = sliding_window_logits(model, x, 32, 21)
     singles = torch.cat([sliding_window_logits(model, x[i:i + 1], 32, 21) for i in range(2)])
     assert torch.allclose(both, singles, atol=1e-5)
 
@@ -172,6 +172,6 @@ def test_infer_logits_defaults_to_whole_image_on_normalised_uint8(fcn):
     uint8 = torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     whole = fcn(normalize(uint8, MEAN, STD))["out"]
     assert torch.equal(infer_logits(fcn, uint8, MEAN, STD), whole)
-    assert torch.equal(predict_logits(fcn, uint8, MEAN, STD), whole)
+    assert torch.equal(infer_logits(fcn, uint8, MEAN, STD, crop=None, stride=None, scales=(1.0,), flip=False), whole)
     out = infer_logits(fcn, uint8, MEAN, STD, crop=40, scales=(0.75, 1.0), flip=True)
     assert out.shape == (2, 3, 40, 56) and not out.requires_grad

@@ -31,6 +31,8 @@ class ResNet(nn.Module):
         width_mult: scales all channel counts (1.0 = the paper's network).
     """
 
+    classifier_prefixes = ("fc.",)  # torchvision's 1000-way classifier, dropped when loading its weights
+
     def __init__(self, depth: int = 50, output_stride: int = 32, multi_grid: tuple[int, ...] | None = None,
                  width_mult: float = 1.0):
         super().__init__()
@@ -85,9 +87,3 @@ class ResNet(nn.Module):
             x = getattr(self, name)(x)
             out[name] = x
         return out
-
-
-def load_torchvision_resnet_weights(backbone: ResNet, path: str) -> None:
-    """Load a torchvision ResNet classification state dict from disk (its ``fc`` is dropped; strict)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .batchnorm import freeze_batch_norm
+from .pretrained import prepare_backbone
 
 # Configuration D: output channels of the 3×3 convolutions of the five blocks; block i ends with pool{i}.
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -102,6 +102,11 @@ class VGG16(nn.Module):
             )
             self.channels["fc7"], self.strides["fc7"] = width, stride
 
+    @property
+    def classifier_prefixes(self) -> tuple[str, ...]:
+        """torchvision keys with no place here: fc8, and fc6/fc7 too when they are not built."""
+        return ("classifier.6.",) if self.classifier is not None else ("classifier.",)
+
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         out = OrderedDict()
         start = 0
@@ -125,27 +130,6 @@ class VGG16(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def load_torchvision_weights(backbone: VGG16, path: str) -> None:
-    """Load a torchvision ``vgg16``/``vgg16_bn`` classification state dict from disk into ``backbone``.
-
-    The 1000-way fc8 (``classifier.6``) has no place in a segmentation backbone and is dropped, and so
-    are fc6/fc7 when the backbone has none (``fc=False``); every other key must match (strict), so a
-    wrong architecture or width fails loudly.
-    """
-    dropped = "classifier.6." if backbone.classifier is not None else "classifier."
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith(dropped)}
-    backbone.load_state_dict(state, strict=True)
-
-
-def prepare_vgg16(backbone: VGG16, *, weights_backbone: str | None = None, frozen_bn: bool = False) -> VGG16:
-    """``backbone`` with torchvision ImageNet weights loaded from ``weights_backbone`` (a state-dict
-    path) if given, then its BatchNorm frozen (``FrozenBatchNorm2d``) if ``frozen_bn``."""
-    if weights_backbone is not None:
-        load_torchvision_weights(backbone, weights_backbone)
-    return freeze_batch_norm(backbone) if frozen_bn else backbone
-
-
 def deeplab_vgg16_backbone(*, width_mult: float = 1.0, batch_norm: bool = False, weights_backbone: str | None = None,
                            frozen_bn: bool = False) -> VGG16:
     """DeepLab v1's atrous VGG16 up to pool5 (arXiv:1412.7062 §3.1, §4.1; the DeepLab-LargeFOV prototxt).
@@ -160,7 +144,7 @@ def deeplab_vgg16_backbone(*, width_mult: float = 1.0, batch_norm: bool = False,
     """
     backbone = VGG16(batch_norm=batch_norm, width_mult=width_mult, ceil_mode=True, pool_kernel=3,
                      pool_strides=(2, 2, 2, 1, 1), dilations=(1, 1, 1, 1, 2), fc=False)
-    return prepare_vgg16(backbone, weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    return prepare_backbone(backbone, weights_backbone=weights_backbone, frozen_bn=frozen_bn)
 
 
 def dilation_vgg16_frontend(*, width_mult: float = 1.0, batch_norm: bool = False, dropout: float = 0.5,
@@ -178,4 +162,4 @@ def dilation_vgg16_frontend(*, width_mult: float = 1.0, batch_norm: bool = False
     """
     backbone = VGG16(batch_norm=batch_norm, width_mult=width_mult, pool_strides=(2, 2, 2, None, None),
                      dilations=(1, 1, 1, 1, 2), fc6_padding=12, fc6_dilation=4, dropout=dropout)
-    return prepare_vgg16(backbone, weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    return prepare_backbone(backbone, weights_backbone=weights_backbone, frozen_bn=frozen_bn)

@@ -49,8 +49,7 @@ def slide_windows(height: int, width: int, crop: Size, stride: Size) -> list[tup
 
 
 @torch.no_grad()
-def sliding_window_logits(model: nn.Module, images: torch.Tensor, crop: Size, stride: Size,
-                          num_classes: int | None = None) -> torch.Tensor:
+def sliding_window_logits(model: nn.Module, images: torch.Tensor, crop: Size, stride: Size) -> torch.Tensor:
     """Logits (N,C,H,W) of normalised float images (N,3,H,W), one ``crop`` window at a time.
 
     Windows follow :func:`slide_windows` (``crop``/``stride`` in pixels, int or (h, w)). Window logits
@@ -58,11 +57,10 @@ def sliding_window_logits(model: nn.Module, images: torch.Tensor, crop: Size, st
     memory is one window's activations plus the accumulator. A window smaller than the crop (image
     side shorter than the crop) is zero-padded bottom/right to the crop size — zero is the mean after
     normalisation — and the padded region's logits are dropped, i.e. treated as an ignore region.
-    ``num_classes`` (C) defaults to the channels of the first window's logits.
     """
     n, _, height, width = images.shape
     crop_h, crop_w = _pair(crop, "crop")
-    total = None if num_classes is None else images.new_zeros(n, num_classes, height, width)
+    total = None  # (N,C,H,W), allocated once the first window tells C
     count = images.new_zeros(height, width)
     for y1, y2, x1, x2 in slide_windows(height, width, crop, stride):
         window = F.pad(images[:, :, y1:y2, x1:x2], (0, crop_w - (x2 - x1), 0, crop_h - (y2 - y1)))
@@ -120,8 +118,3 @@ def infer_logits(model: nn.Module, images_uint8: torch.Tensor, mean: Sequence[fl
     device = next(model.parameters()).device
     images = normalize(images_uint8.to(device), mean, std)
     return multiscale_logits(model, images, scales=scales, flip=flip, crop=crop, stride=stride)
-
-
-def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Whole-image logits (N,C,H,W) of uint8 images (N,3,H,W): :func:`infer_logits` with its defaults."""
-    return infer_logits(model, images, mean, std)

@@ -3,6 +3,7 @@ with validation, best/last checkpoints, exact resume, and a stop on a non-finite
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -167,10 +168,11 @@ class Trainer:
             masks = masks.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=config.amp):
                 loss = semantic_loss(model(images), masks)
-            if not torch.isfinite(loss):
+            loss_value = loss.item()  # the one host sync per step
+            if not math.isfinite(loss_value):
                 progress.close()
                 raise FloatingPointError(
-                    f"loss is {loss.item()} at step {self.step + 1}: training stopped. The last good checkpoint "
+                    f"loss is {loss_value} at step {self.step + 1}: training stopped. The last good checkpoint "
                     f"{self.out / 'last.pt'} is left intact; lower the learning rate or check the data.")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -180,19 +182,19 @@ class Trainer:
             self.step += 1
             lr = self.optimizer.param_groups[0]["lr"]
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             if self.step % config.log_every == 0 or self.step == end:
-                self._log({"step": self.step, "loss": loss.item(), "lr": lr,
+                self._log({"step": self.step, "loss": loss_value, "lr": lr,
                            "time": round(time.perf_counter() - started, 2)})
             if config.val_every and self.step % config.val_every == 0 and self.val_set is not None:
                 result = self.validate()
-            if (config.ckpt_every and self.step % config.ckpt_every == 0) or self.step == end:
+            if config.ckpt_every and self.step % config.ckpt_every == 0 and self.step < end:
                 save_checkpoint(self.state(), self.out / "last.pt")
         progress.close()
-        if self.step >= self.total and self.val_set is not None and (not config.val_every
-                                                                       or self.step % config.val_every):
+        validated_last_step = config.val_every and self.step % config.val_every == 0
+        if self.step >= self.total and self.val_set is not None and not validated_last_step:
             result = self.validate()
-            save_checkpoint(self.state(), self.out / "last.pt")
+        save_checkpoint(self.state(), self.out / "last.pt")  # once at the end, after the final validation
         viz.plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
         if result is not None:
             table = write_report(result, self.meta["classes"], self.meta["palette"], self.last_visuals,

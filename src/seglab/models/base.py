@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import freeze_batch_norm
-from ..backbones.resnet import ResNet, load_torchvision_resnet_weights
+from ..backbones import ResNet, prepare_backbone
 
 
 class SegmentationModel(nn.Module):
@@ -40,11 +39,7 @@ def resnet_backbone(depth: int, *, output_stride: int, multi_grid=None, width_mu
                     weights_backbone: str | None = None, frozen_bn: bool = False) -> ResNet:
     """A ``ResNet`` with optional ImageNet weights from disk and optionally frozen BatchNorm."""
     backbone = ResNet(depth, output_stride, tuple(multi_grid) if multi_grid else None, width_mult)
-    if weights_backbone is not None:
-        load_torchvision_resnet_weights(backbone, weights_backbone)
-    if frozen_bn:
-        freeze_batch_norm(backbone)
-    return backbone
+    return prepare_backbone(backbone, weights_backbone=weights_backbone, frozen_bn=frozen_bn)
 
 
 def load_weights(model: nn.Module, path: str | None) -> nn.Module:

@@ -66,6 +66,7 @@ class ASPP(nn.Module):
 
     def __init__(self, in_channels: int, rates: Sequence[int], out_channels: int = 256, dropout: float = 0.5):
         super().__init__()
+        self.out_channels = out_channels
         branches = [conv_bn_relu(in_channels, out_channels)]
         branches += [conv_bn_relu(in_channels, out_channels, 3, rate) for rate in rates]
         branches.append(ImagePooling(in_channels, out_channels))
@@ -117,14 +118,23 @@ def default_rates(output_stride: int) -> tuple[int, int, int]:
     return (6, 12, 18) if output_stride == 16 else (12, 24, 36)
 
 
+def _aspp_encoder(depth: int, *, output_stride: int, aspp_rates: Sequence[int] | None, multi_grid, aspp_dropout: float,
+                  width_mult: float, weights_backbone: str | None, frozen_bn: bool) -> tuple[nn.Module, ASPP]:
+    """The encoder v3 and v3+ share: an atrous ResNet and an ASPP on its layer4 (rates by output stride)."""
+    backbone = resnet_backbone(depth, output_stride=output_stride, multi_grid=multi_grid, width_mult=width_mult,
+                               weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    rates = aspp_rates or default_rates(output_stride)
+    return backbone, ASPP(backbone.channels["layer4"], rates, scaled(256, width_mult), aspp_dropout)
+
+
 def _deeplabv3(depth: int, num_classes: int, *, output_stride: int = 8, aspp_rates: Sequence[int] | None = None,
                multi_grid: Sequence[int] | None = None, extra_conv: bool = True, aspp_dropout: float = 0.5,
                aux: bool = False, width_mult: float = 1.0, weights: str | None = None,
                weights_backbone: str | None = None, frozen_bn: bool = False) -> SegmentationModel:
-    backbone = resnet_backbone(depth, output_stride=output_stride, multi_grid=multi_grid, width_mult=width_mult,
-                               weights_backbone=weights_backbone, frozen_bn=frozen_bn)
-    width = scaled(256, width_mult)
-    aspp = ASPP(backbone.channels["layer4"], aspp_rates or default_rates(output_stride), width, aspp_dropout)
+    backbone, aspp = _aspp_encoder(depth, output_stride=output_stride, aspp_rates=aspp_rates, multi_grid=multi_grid,
+                                   aspp_dropout=aspp_dropout, width_mult=width_mult,
+                                   weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    width = aspp.out_channels
     head = [aspp, *conv_bn_relu(width, width, 3)] if extra_conv else [aspp]
     classifier = nn.Sequential(*head, nn.Conv2d(width, num_classes, 1))
     aux_head = fcn_head(backbone.channels["layer3"], num_classes) if aux else None
@@ -135,12 +145,11 @@ def _deeplabv3plus(depth: int, num_classes: int, *, output_stride: int = 16,
                    aspp_rates: Sequence[int] | None = None, multi_grid: Sequence[int] | None = None,
                    aspp_dropout: float = 0.1, width_mult: float = 1.0, weights: str | None = None,
                    weights_backbone: str | None = None, frozen_bn: bool = False) -> SegmentationModel:
-    backbone = resnet_backbone(depth, output_stride=output_stride, multi_grid=multi_grid, width_mult=width_mult,
-                               weights_backbone=weights_backbone, frozen_bn=frozen_bn)
-    width = scaled(256, width_mult)
-    aspp = ASPP(backbone.channels["layer4"], aspp_rates or default_rates(output_stride), width, aspp_dropout)
-    decoder = DeepLabV3PlusDecoder(aspp, backbone.channels["layer1"], num_classes, width,
-                                   reduced=scaled(48, width_mult), width=width)
+    backbone, aspp = _aspp_encoder(depth, output_stride=output_stride, aspp_rates=aspp_rates, multi_grid=multi_grid,
+                                   aspp_dropout=aspp_dropout, width_mult=width_mult,
+                                   weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    decoder = DeepLabV3PlusDecoder(aspp, backbone.channels["layer1"], num_classes, aspp.out_channels,
+                                   reduced=scaled(48, width_mult), width=aspp.out_channels)
     return load_weights(SegmentationModel(backbone, decoder, feature=None), weights)
 
 

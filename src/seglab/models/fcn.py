@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.vgg import VGG16, prepare_vgg16
+from ..backbones import VGG16, prepare_backbone
 from ..ops import FixedBilinearUpsample, bilinear_conv_transpose, upsampling_padding
 from .base import SegmentationModel, load_weights, resnet_backbone
 from .registry import register
@@ -106,7 +106,7 @@ def _build(num_classes: int, skips: tuple[str, ...], *, width_mult: float = 1.0,
     caffe = padding == "caffe"
     backbone = VGG16(batch_norm=batch_norm, width_mult=width_mult, first_padding=100 if caffe else 1,
                      ceil_mode=caffe, fc6_padding=0 if caffe else 3, dropout=dropout)
-    prepare_vgg16(backbone, weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    prepare_backbone(backbone, weights_backbone=weights_backbone, frozen_bn=frozen_bn)
     return load_weights(FCN(backbone, num_classes, skips, padding=padding, at_once=at_once), weights)
 
 
