@@ -1,0 +1,5 @@
+"""Dense CRF post-processing: a permutohedral lattice and mean-field inference in pure PyTorch."""
+from .lattice import PermutohedralLattice
+from .meanfield import PRESETS, dense_crf, mean_field, unary_from_probs
+
+__all__ = ["dense_crf", "mean_field", "unary_from_probs", "PRESETS", "PermutohedralLattice"]
