@@ -1,15 +1,16 @@
 # The two commands a newcomer types: `make demo` and `make test`.
-# Both create .venv and install seglab with its dev extra when it is missing.
+# Both create .venv and install seglab with its dev extra (and the peers the tests compare against) when missing.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test bench clean
 
-$(BIN)/seglab: pyproject.toml
+$(BIN)/seglab: pyproject.toml scripts/install_pydensecrf.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
+	bash scripts/install_pydensecrf.sh $(BIN)/python  # the dense-CRF peer (C++), built from its sdist
 	touch $(BIN)/seglab
 
 demo: $(BIN)/seglab
@@ -20,6 +21,7 @@ test: $(BIN)/seglab
 
 bench: $(BIN)/seglab
 	$(BIN)/python benchmarks/semantic.py
+	$(BIN)/python benchmarks/crf.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -104,3 +104,28 @@ def test_eval_can_override_the_output_stride_of_a_deeplab_run(tmp_path):
            "--width-mult", 0.0625, "--out", run)
     result = seglab("eval", "--checkpoint", run, "--model-option", "output_stride=8", "--out", tmp_path / "eval")
     assert (tmp_path / "eval" / "metrics.json").is_file() and "mean" in result.stdout
+
+
+def test_eval_and_predict_with_the_dense_crf_and_crf_tune(tmp_path):
+    train(TrainConfig(width_mult=0.0625, model_options={"padding": "same"}, image_size=40, num_train=2,
+                      val_split=None, iters=1, batch_size=2, out=str(tmp_path / "run")))
+    run = tmp_path / "run"
+    seglab("eval", "--checkpoint", run, "--num-images", 2, "--crf", "--crf-preset", "deeplab",
+           "--crf-iterations", 3, "--out", tmp_path / "eval")
+    assert "miou" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    image, _ = Shapes("test", 1, image_size=40)[0]
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "scene.png")
+    seglab("predict", "--checkpoint", run, tmp_path / "scene.png", "--crf", "--crf-param", "bilateral_sxy=20",
+           "--out", tmp_path / "pred")
+    assert Image.open(tmp_path / "pred" / "scene.png").size == (40, 40)
+
+    out = seglab("crf-tune", "--checkpoint", run, "--num-images", 2, "--w1", 3, 5, "--theta-alpha", 20,
+                 "--theta-beta", 5, 13, "--iterations", 2, "--out", tmp_path / "tune").stdout
+    assert "mIoU without the CRF" in out and "best: w1 =" in out and "--crf-param bilateral_sxy=20" in out
+    saved = json.loads((tmp_path / "tune" / "crf_tune.json").read_text())
+    assert saved["images"] == 2 and len(saved["results"]) == 4
+
+    bad = seglab("eval", "--checkpoint", run, "--crf-param", "bilateral_sxy=20", check=False)
+    assert bad.returncode == 1 and "--crf-param needs --crf" in bad.stderr
+    bad = seglab("eval", "--checkpoint", run, "--crf", "--crf-param", "sxy=20", check=False)
+    assert bad.returncode == 1 and "bilateral_sxy" in bad.stderr

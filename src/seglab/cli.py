@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import types
 import typing
 from pathlib import Path
 
+import torch
 import yaml
 
+from .crf import PRESETS
 from .engine.config import TrainConfig
 
 
@@ -79,21 +82,42 @@ def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
                         help="average the logits over these image scales, e.g. 0.75 1.0 1.25")
     parser.add_argument("--flip", action="store_true", help="also average the horizontally flipped image's logits")
+    parser.add_argument("--crf", action="store_true", help="refine predictions with the dense CRF (seglab.crf)")
+    parser.add_argument("--crf-preset", default="default", choices=sorted(PRESETS),
+                        help="kernel settings: default (pydensecrf's example), deeplab (DeepLab-LargeFOV), deeplab-v2")
+    parser.add_argument("--crf-iterations", type=int, default=10, help="mean-field iterations")
+    parser.add_argument("--crf-param", action="append", metavar="KEY=VALUE",
+                        help="override one dense_crf keyword, e.g. bilateral_sxy=50 (as printed by crf-tune)")
+
+
+def _crf_options(args) -> dict | None:
+    """``seglab.crf.dense_crf`` keywords from ``--crf*`` flags, or None without ``--crf``."""
+    if not args.crf:
+        if args.crf_param:
+            raise ValueError("--crf-param needs --crf")
+        return None
+    options = {**PRESETS[args.crf_preset], "iterations": args.crf_iterations}
+    for item in args.crf_param or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in options:
+            raise ValueError(f"--crf-param expects KEY=VALUE with KEY one of {sorted(options)}, got {item!r}")
+        options[key] = float(value)
+    return options
 
 
 def _inference_options(args) -> dict:
-    """Keyword options of ``infer_logits`` from the flags of ``_add_inference_flags``."""
-    return {"crop": args.crop, "stride": args.stride, "scales": tuple(args.scales), "flip": args.flip}
+    """Keyword options of ``predict_labels`` from the flags of ``_add_inference_flags``."""
+    return {"crop": args.crop, "stride": args.stride, "scales": tuple(args.scales), "flip": args.flip,
+            "crf": _crf_options(args)}
 
 
-def cmd_eval(args) -> None:
+def _eval_setup(args):
+    """(checkpoint path, model with .meta, dataset) for ``eval`` and ``crf-tune``."""
     from . import data, models
     from .engine.checkpoint import resolve_checkpoint
-    from .engine.evaluate import evaluate, write_report
 
     checkpoint = resolve_checkpoint(args.checkpoint)
     model = models.load(checkpoint, device=args.device, **_model_options(args))
-    meta = model.meta
     trained = yaml.safe_load((checkpoint.parent / "config.yaml").read_text()) \
         if (checkpoint.parent / "config.yaml").is_file() else {}
     name = args.data or trained.get("data", "shapes")
@@ -102,12 +126,49 @@ def cmd_eval(args) -> None:
                                  image_size=args.image_size or trained.get("image_size", 128),
                                  seed=trained.get("seed", 0))
     if name != "shapes":
-        data.validate_dataset(dataset, meta["num_classes"])
+        data.validate_dataset(dataset, model.meta["num_classes"])
+    return checkpoint, model, dataset
+
+
+def cmd_eval(args) -> None:
+    from .engine.evaluate import evaluate, write_report
+
+    checkpoint, model, dataset = _eval_setup(args)
+    meta = model.meta
     result, visuals = evaluate(model, dataset, meta["num_classes"], meta["mean"], meta["std"],
                                batch_size=args.batch_size, **_inference_options(args))
     out = Path(args.out or checkpoint.parent / "eval")
     print(write_report(result, meta["classes"], meta["palette"], visuals, out))
     print(f"wrote {out}/metrics.json, per_class_iou.png, overlays.png")
+
+
+def cmd_crf_tune(args) -> None:
+    from .engine.crf_tune import DEFAULT_GRID, tune_crf
+
+    checkpoint, model, dataset = _eval_setup(args)
+    meta = model.meta
+    if args.num_images and args.num_images < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(args.num_images))
+    grid = {"bilateral_compat": args.w1 or DEFAULT_GRID["bilateral_compat"],
+            "bilateral_sxy": args.theta_alpha or DEFAULT_GRID["bilateral_sxy"],
+            "bilateral_srgb": args.theta_beta or DEFAULT_GRID["bilateral_srgb"]}
+    baseline, results = tune_crf(model, dataset, meta["num_classes"], meta["mean"], meta["std"], grid,
+                                 {"gaussian_compat": args.w2, "gaussian_sxy": args.theta_gamma}, args.iterations)
+    print(f"{len(dataset)} images, w2 = {args.w2}, θγ = {args.theta_gamma}, {args.iterations} iterations; "
+          f"mIoU without the CRF: {baseline:.4f}\n")
+    print("| w1 | θα | θβ | mIoU |\n|---:|---:|---:|---:|")
+    for params, miou in results[: args.top]:
+        print(f"| {params['bilateral_compat']:g} | {params['bilateral_sxy']:g} | {params['bilateral_srgb']:g} | {miou:.4f} |")
+    best, miou = results[0]
+    flags = " ".join(f"--crf-param {key}={best[key]:g}" for key in ("bilateral_compat", "bilateral_sxy",
+                                                                   "bilateral_srgb", "gaussian_compat", "gaussian_sxy"))
+    print(f"\nbest: w1 = {best['bilateral_compat']:g}, θα = {best['bilateral_sxy']:g}, θβ = {best['bilateral_srgb']:g}: "
+          f"mIoU {miou:.4f} ({miou - baseline:+.4f} over no CRF)\nuse: seglab eval --checkpoint {args.checkpoint} --crf {flags}")
+    out = Path(args.out or checkpoint.parent / "crf_tune")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "crf_tune.json").write_text(json.dumps({"images": len(dataset), "baseline_miou": baseline,
+                                                   "results": [{**p, "miou": m} for p, m in results]}, indent=2))
+    print(f"wrote {out}/crf_tune.json")
 
 
 def cmd_predict(args) -> None:
@@ -180,6 +241,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu")
     _add_inference_flags(predict)
     predict.set_defaults(func=cmd_predict)
+
+    tune = commands.add_parser("crf-tune", help="grid-search the dense CRF's appearance kernel on validation images")
+    tune.add_argument("--checkpoint", required=True, help="run directory or .pt file")
+    tune.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
+    tune.add_argument("--data-root")
+    tune.add_argument("--split", default="val")
+    tune.add_argument("--num-images", type=int, default=100, help="validation images searched on (DeepLab: 100)")
+    tune.add_argument("--image-size", type=int)
+    tune.add_argument("--device", default="cpu")
+    tune.add_argument("--iterations", type=int, default=10, help="mean-field iterations")
+    tune.add_argument("--w1", type=float, nargs="+", help="appearance weights to try")
+    tune.add_argument("--theta-alpha", type=float, nargs="+", help="appearance position widths (pixels) to try")
+    tune.add_argument("--theta-beta", type=float, nargs="+", help="appearance colour widths (0..255) to try")
+    tune.add_argument("--w2", type=float, default=3.0, help="smoothness weight (fixed)")
+    tune.add_argument("--theta-gamma", type=float, default=3.0, help="smoothness width in pixels (fixed)")
+    tune.add_argument("--top", type=int, default=10, help="settings printed")
+    tune.add_argument("--out", help="output directory (default: RUN_DIR/crf_tune)")
+    tune.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
+                      help="override a saved model option where the weights allow")
+    tune.set_defaults(func=cmd_crf_tune)
 
     models_cmd = commands.add_parser("models", help="list registered models with their parameter counts")
     models_cmd.set_defaults(func=cmd_models)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .. import viz
 from ..metrics import SegmentationMetrics, format_table
-from .inference import Size, infer_logits
+from .inference import Size, predict_labels
 
 
 def _same_size_groups(items: list) -> list[list]:
@@ -30,11 +30,11 @@ def _same_size_groups(items: list) -> list[list]:
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mean: Sequence[float], std: Sequence[float],
              batch_size: int = 8, num_visuals: int = 8, num_workers: int = 0, progress: bool = True, *,
              crop: Size | None = None, stride: Size | None = None, scales: Sequence[float] = (1.0,),
-             flip: bool = False):
+             flip: bool = False, crf: dict | None = None):
     """Metrics of ``model`` over ``dataset`` (items as uint8 images, no transforms applied).
 
     ``crop``, ``stride``, ``scales`` and ``flip`` choose the inference mode (see ``infer_logits``);
-    the default is whole-image inference.
+    the default is whole-image inference. ``crf``: ``dense_crf`` keywords to refine each prediction.
 
     Returns ``(result, visuals)``: the ``SegmentationMetrics.compute()`` dict and up to ``num_visuals``
     tuples ``(image uint8 (3,H,W), target (H,W), prediction (H,W))`` for the overlay grid.
@@ -48,8 +48,8 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mean: Sequenc
         for group in _same_size_groups(batch):
             images = torch.stack([image for image, _ in group])
             targets = torch.stack([target["mask"] for _, target in group])
-            preds = infer_logits(model, images, mean, std, crop=crop, stride=stride, scales=scales,
-                                 flip=flip).argmax(1).cpu()
+            preds = predict_labels(model, images, mean, std, crop=crop, stride=stride, scales=scales,
+                                   flip=flip, crf=crf).cpu()
             metrics.update(preds, targets)
             for image, target, pred in zip(images, targets, preds):
                 if len(visuals) < num_visuals:

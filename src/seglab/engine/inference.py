@@ -118,3 +118,16 @@ def infer_logits(model: nn.Module, images_uint8: torch.Tensor, mean: Sequence[fl
     device = next(model.parameters()).device
     images = normalize(images_uint8.to(device), mean, std)
     return multiscale_logits(model, images, scales=scales, flip=flip, crop=crop, stride=stride)
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, images_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
+                   crf: dict | None = None, **inference) -> torch.Tensor:
+    """Class ids (N,H,W) of uint8 images (N,3,H,W): argmax of :func:`infer_logits` (``inference`` are its
+    keywords), refined first by the dense CRF when ``crf`` holds ``seglab.crf.dense_crf`` keywords."""
+    logits = infer_logits(model, images_uint8, mean, std, **inference)
+    if crf is not None:
+        from ..crf import dense_crf
+
+        logits = dense_crf(images_uint8, logits.float(), logits=True, **crf)  # probabilities; same argmax use
+    return logits.argmax(1)

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .. import viz
 from ..data.voc import load_image
-from .inference import Size, infer_logits
+from .inference import Size, predict_labels
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -21,11 +21,13 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 
 def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | Path, *, crop: Size | None = None,
-                  stride: Size | None = None, scales: Sequence[float] = (1.0,), flip: bool = False) -> list[Path]:
+                  stride: Size | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  crf: dict | None = None) -> list[Path]:
     """For each image: ``<stem>.png`` (palette PNG of class ids) and ``<stem>_overlay.png`` in ``out_dir``.
 
     ``model.meta`` (from ``seglab.models.load``) supplies mean/std and the palette. ``crop``, ``stride``,
     ``scales`` and ``flip`` choose the inference mode (see ``infer_logits``); default: whole image.
+    ``crf``: ``seglab.crf.dense_crf`` keywords to refine each prediction with the dense CRF.
     """
     meta = model.meta
     out = Path(out_dir)
@@ -33,9 +35,8 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
     written = []
     for path in tqdm(list(paths), desc="predict", unit="img"):
         image = read_image(path)
-        logits = infer_logits(model, image[None], meta["mean"], meta["std"], crop=crop, stride=stride,
-                              scales=scales, flip=flip)
-        pred = logits[0].argmax(0).cpu()
+        pred = predict_labels(model, image[None], meta["mean"], meta["std"], crop=crop, stride=stride,
+                              scales=scales, flip=flip, crf=crf)[0].cpu()
         stem = Path(path).stem
         viz.colorize(pred, meta["palette"]).save(out / f"{stem}.png")
         viz.overlay(image, pred, meta["palette"]).save(out / f"{stem}_overlay.png")
