@@ -38,14 +38,12 @@ def _enclosing_simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     down = torch.tensor(1.0 / d1, dtype=torch.float32)
     v = torch.round(elevated * down)  # half-to-even, like densecrf's SSE conversion
     rem0 = v * d1
-    residual = (elevated - rem0).unbind(1)
-    rank = [torch.zeros_like(residual[0], dtype=torch.long) for _ in range(d1)]
-    for i in range(d1 - 1):  # densecrf's pairwise comparison, ties included
-        for j in range(i + 1, d1):
-            before = residual[i] < residual[j]
-            rank[i] += before
-            rank[j] += ~before
-    rank = torch.stack(rank, 1) + v.sum(1, keepdim=True).long()
+    # densecrf's pairwise comparison: for each pair i < j, rank_i += [r_i < r_j], else rank_j += 1.
+    first, second = torch.triu_indices(d1, d1, 1, device=elevated.device)
+    residual = elevated - rem0
+    before = (residual[:, first] < residual[:, second]).float()  # (P, pairs)
+    rank = before @ F.one_hot(first, d1).float() + (1.0 - before) @ F.one_hot(second, d1).float()  # exact integers
+    rank = rank.long() + v.sum(1, keepdim=True).long()
     wrap = (rank < 0).long() - (rank > d1 - 1).long()  # bring the point back onto the plane
     rank = rank + wrap * d1
     rem0 = rem0 + wrap * d1
@@ -108,10 +106,13 @@ class PermutohedralLattice:
 
         # Splat: for each vertex, its points in order; a padding point keeps its slot with weight 0.
         point = order // (d + 1)
-        set_index, within = point // points, point % points
-        real = within < n
-        self._splat_point = torch.where(real, set_index * n + within, torch.zeros_like(point))
-        self._splat_bary = torch.where(real, bary.reshape(-1)[order], torch.zeros((), device=device))
+        self._splat_bary = bary.reshape(-1)[order]
+        if padded:
+            set_index, within = point // points, point % points
+            real = within < n
+            point = torch.where(real, set_index * n + within, torch.zeros_like(point))
+            self._splat_bary = torch.where(real, self._splat_bary, torch.zeros((), device=device))
+        self._splat_point = point
         self._splat_offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
         # Slice: the d+1 vertices and weights of each real point (densecrf's offset_ and barycentric_).
         self._slice_vertex = vertex[:, :n].reshape(-1, d + 1)

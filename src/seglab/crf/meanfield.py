@@ -154,7 +154,7 @@ def dense_crf(image, probs: Tensor, iterations: int = 10, *, gaussian_sxy: float
     if len(potts) > 1:  # Potts kernels add up before the softmax: one splat and one slice for all
         messages = [(LatticeFilter.sum(potts), None)] + [m for m in messages if m[1] is not None]
     q = mean_field(unary, messages, iterations)
-    q = q.view(n, height, width, num_classes).permute(0, 3, 1, 2)
+    q = q.view(n, height, width, num_classes).permute(0, 3, 1, 2).contiguous()
     return q[0] if single else q
 
 
