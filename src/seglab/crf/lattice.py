@@ -33,17 +33,19 @@ def _elevate(features: Tensor) -> Tensor:
 
 
 def _enclosing_simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Remainder-0 point (P, d+1) int64, ranks (P, d+1) int64, barycentric weights (P, d+1) float32."""
+    """Remainder-0 point divided by d+1 (P, d+1) int64, ranks (P, d+1) int64, barycentric weights (P, d+1)."""
     d1 = elevated.shape[1]
     down = torch.tensor(1.0 / d1, dtype=torch.float32)
     v = torch.round(elevated * down)  # half-to-even, like densecrf's SSE conversion
     rem0 = v * d1
-    # densecrf's pairwise comparison: for each pair i < j, rank_i += [r_i < r_j], else rank_j += 1.
-    first, second = torch.triu_indices(d1, d1, 1, device=elevated.device)
-    residual = elevated - rem0
-    before = (residual[:, first] < residual[:, second]).float()  # (P, pairs)
-    rank = before @ F.one_hot(first, d1).float() + (1.0 - before) @ F.one_hot(second, d1).float()  # exact integers
-    rank = rank.long() + v.sum(1, keepdim=True).long()
+    residual = (elevated - rem0).unbind(1)
+    rank = [torch.zeros_like(residual[0], dtype=torch.long) for _ in range(d1)]
+    for i in range(d1 - 1):  # densecrf's pairwise comparison, ties included
+        for j in range(i + 1, d1):
+            before = residual[i] < residual[j]
+            rank[i] += before
+            rank[j] += ~before
+    rank = torch.stack(rank, 1) + v.sum(1, keepdim=True).long()
     wrap = (rank < 0).long() - (rank > d1 - 1).long()  # bring the point back onto the plane
     rank = rank + wrap * d1
     rem0 = rem0 + wrap * d1
@@ -52,7 +54,7 @@ def _enclosing_simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     bary = torch.empty_like(weight)
     bary[:, 1:] = by_rank[:, 1:] - by_rank[:, :-1]
     bary[:, 0] = by_rank[:, 0] + (1.0 + (-by_rank[:, -1]))
-    return rem0.long(), rank, bary
+    return v.long() + wrap, rank, bary
 
 
 class PermutohedralLattice:
@@ -76,26 +78,30 @@ class PermutohedralLattice:
         if padded:  # all-zero points share one simplex: one per set is enough
             features = torch.cat([features, features.new_zeros(batch, 1, d)], 1)
         points = features.shape[1]
-        rem0, rank, bary = _enclosing_simplex(_elevate(features.reshape(-1, d)))
+        m, rank, bary = _enclosing_simplex(_elevate(features.reshape(-1, d)))
 
-        # Mixed-radix integer code of the vertex keys (first d coordinates plus the set index). A vertex
-        # coordinate differs from rem0 by at most d; a blur neighbour by d+1 more: keep that margin.
-        low = rem0[:, :d].amin(0) - (2 * d + 1)
-        radix = rem0[:, :d].amax(0) + (2 * d + 1) - low + 1
+        # Vertex r of a point's simplex is the remainder-r lattice point with key_i = (d+1)·q_i + r, where
+        # q_i = m_i - [rank_i > d - r] (densecrf's canonical simplex). Its integer code is r + (d+1)·Q, Q
+        # the mixed-radix number of (q_0 .. q_{d-1}, set index); blur neighbours move each q_i by at most 1.
+        m = m[:, :d]
+        low = m.amin(0) - 2
+        radix = m.amax(0) + 2 - low + 1
         strides = [1]
         for r in radix.tolist():
             strides.append(strides[-1] * r)
-        if strides[-1] * batch >= _MAX_CODE:
+        code_range = strides[-1] * batch * (d + 1)
+        if code_range >= _MAX_CODE:
             raise ValueError("lattice keys exceed int64: the features span too many filter widths "
                              "(use larger standard deviations or smaller images)")
         stride = torch.tensor(strides[:-1], device=device)
-        base = ((rem0[:, :d] - low) * stride).sum(1)
+        base = ((m - low) * stride).sum(1)
         base += torch.arange(batch, device=device).repeat_interleave(points) * strides[-1]
-        # Vertex r: key_i = rem0_i + r - (d+1)·[rank_i > d - r], i.e. the r highest-ranked coordinates drop.
         stride_by_rank = torch.zeros_like(rank).scatter_(1, rank, torch.cat([stride, stride.new_zeros(1)]).expand_as(rank))
         dropped = torch.cat([torch.zeros_like(base)[:, None], stride_by_rank.flip(1)[:, :-1].cumsum(1)], 1)
         remainder = torch.arange(d + 1, device=device)
-        codes = base[:, None] + remainder * int(stride.sum()) - (d + 1) * dropped  # (P, d+1)
+        codes = remainder + (d + 1) * (base[:, None] - dropped)  # (P, d+1)
+        if code_range < 2**31:
+            codes = codes.int()  # sorts about twice as fast
 
         sorted_codes, order = torch.sort(codes.reshape(-1), stable=True)
         vertex_codes, vertex_of_sorted, counts = torch.unique_consecutive(
@@ -119,16 +125,20 @@ class PermutohedralLattice:
         self._slice_bary = bary[:, :n].reshape(-1, d + 1)
 
         # Blur neighbours along direction j: key -/+ 1 everywhere and +/- d at j (j = d moves only the
-        # implicit last coordinate). A missing neighbour is the vertex itself with weight 0.
+        # implicit last coordinate), i.e. remainder r -/+ 1 with q moved as below. A missing neighbour is
+        # the vertex itself with weight 0.
+        r = vertex_codes % (d + 1)
+        everywhere = int(stride.sum())
+        itself = torch.arange(num_vertices, device=device)
         neighbours, present = [], []
-        all_minus = -int(stride.sum())
         for j in range(d + 1):
-            shift = all_minus + ((d + 1) * strides[j] if j < d else 0)
-            for delta in (shift, -shift):
-                target = vertex_codes + delta
+            at_j = strides[j] if j < d else 0
+            lower = torch.where(r >= 1, vertex_codes - 1 + (d + 1) * at_j, vertex_codes + d + (d + 1) * (at_j - everywhere))
+            upper = torch.where(r < d, vertex_codes + 1 - (d + 1) * at_j, vertex_codes - d + (d + 1) * (everywhere - at_j))
+            for target in (lower, upper):
                 at = torch.searchsorted(vertex_codes, target).clamp_max(num_vertices - 1)
                 found = vertex_codes[at] == target
-                neighbours.append(torch.where(found, at, torch.arange(num_vertices, device=device)))
+                neighbours.append(torch.where(found, at, itself))
                 present.append(found)
         self._neighbours = torch.stack(neighbours).view(d + 1, 2, num_vertices)
         self._present = torch.stack(present).view(d + 1, 2, num_vertices)
