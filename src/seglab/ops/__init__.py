@@ -1,4 +1,6 @@
 """The lecture's building blocks, each verified against a reference."""
 from .bilinear import FixedBilinearUpsample, bilinear_conv_transpose, bilinear_kernel, upsampling_padding
+from .roi import MultiScaleRoIAlign, RoIAlign, RoIPool, fpn_levels, roi_align, roi_pool
 
-__all__ = ["bilinear_kernel", "bilinear_conv_transpose", "FixedBilinearUpsample", "upsampling_padding"]
+__all__ = ["bilinear_kernel", "bilinear_conv_transpose", "FixedBilinearUpsample", "upsampling_padding",
+           "roi_align", "roi_pool", "RoIAlign", "RoIPool", "MultiScaleRoIAlign", "fpn_levels"]

@@ -1,0 +1,294 @@
+"""RoIPool (Fast R-CNN) and RoIAlign (Mask R-CNN) in vectorised PyTorch, with torchvision.ops' signatures
+and semantics (border rules, adaptive sampling, the ``aligned`` half-pixel offset).
+
+Both are weighted gathers over the feature map laid out channels-last, (N·H·W, C): every output bin
+is one bag of ``F.embedding_bag`` — the mean of bilinear samples for RoIAlign (each sample a weighted
+sum of 4 pixels), the max over the bin's pixels for RoIPool. Autograd gives the input gradient. RoIs
+are processed in chunks so that the index tensors stay bounded.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["roi_align", "roi_pool", "RoIAlign", "RoIPool", "MultiScaleRoIAlign", "fpn_levels", "convert_boxes_to_roi_format"]
+
+_CHUNK_ENTRIES = 1 << 22  # gather entries per chunk (bounds the index tensors to ~100 MB)
+
+
+def _pair(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def convert_boxes_to_roi_format(boxes: Tensor | list[Tensor]) -> Tensor:
+    """A (K, 5) tensor ``(batch index, x1, y1, x2, y2)`` from itself or a list of per-image (Ki, 4) boxes."""
+    if isinstance(boxes, (list, tuple)):
+        for b in boxes:
+            if b.dim() != 2 or b.shape[1] != 4:
+                raise ValueError(f"per-image boxes must be (K, 4), got shape {tuple(b.shape)}")
+        if not boxes:
+            raise ValueError("boxes is an empty list")
+        index = torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
+        return torch.cat([index, torch.cat(list(boxes))], 1)
+    if boxes.dim() != 2 or boxes.shape[1] != 5:
+        raise ValueError(f"boxes must be a (K, 5) tensor or a list of (K, 4) tensors, got shape {tuple(boxes.shape)}")
+    return boxes
+
+
+def _channels_last_table(input: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N·H·W, C), rows in (n, y, x) order."""
+    return input.permute(0, 2, 3, 1).reshape(-1, input.shape[1])
+
+
+def _chunks(total: int, per_item: Tensor) -> list[tuple[int, int]]:
+    """Split range(total) into consecutive chunks whose summed ``per_item`` stays under the budget."""
+    if total == 0:
+        return []
+    ends = torch.cumsum(per_item, 0)
+    chunks, start = [], 0
+    while start < total:
+        base = int(ends[start - 1]) if start else 0
+        stop = int(torch.searchsorted(ends, base + _CHUNK_ENTRIES, right=True))
+        stop = max(stop, start + 1)
+        chunks.append((start, min(stop, total)))
+        start = stop
+    return chunks
+
+
+def _align_samples(rois: Tensor, height: int, width: int, pooled: tuple[int, int], spatial_scale: float,
+                   sampling_ratio: int, aligned: bool):
+    """Per RoI: start (K, 2), bin size (K, 2) and sampling grid (K, 2) in (y, x), torchvision's arithmetic."""
+    offset = 0.5 if aligned else 0.0
+    start = rois[:, [2, 1]] * spatial_scale - offset
+    size = rois[:, [4, 3]] * spatial_scale - offset - start
+    if not aligned:
+        size = size.clamp_min(1.0)
+    bins = size / torch.tensor(pooled, dtype=rois.dtype, device=rois.device)
+    if sampling_ratio > 0:
+        grid = torch.full_like(bins, sampling_ratio, dtype=torch.long)
+    else:
+        grid = torch.ceil(size / torch.tensor(pooled, dtype=rois.dtype, device=rois.device)).long().clamp_min(0)
+    return start, bins, grid
+
+
+def _axis_taps(coord: Tensor, length: int) -> tuple[Tensor, Tensor, Tensor]:
+    """torchvision's bilinear rule along one axis: (low index, high index, weight of high) and validity."""
+    valid = (coord >= -1.0) & (coord <= length)
+    coord = coord.clamp_min(0.0)
+    low = coord.floor().long()
+    at_end = low >= length - 1
+    low = torch.where(at_end, torch.full_like(low, length - 1), low)
+    high = torch.where(at_end, low, low + 1)
+    frac = torch.where(at_end, torch.zeros_like(coord), coord - low.to(coord.dtype))
+    return low, high, frac, valid
+
+
+def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_scale: float = 1.0,
+              sampling_ratio: int = -1, aligned: bool = False) -> Tensor:
+    """RoIAlign: (N, C, H, W) features and K boxes -> (K, C, ph, pw), as ``torchvision.ops.roi_align``.
+
+    Each output bin averages ``sampling_ratio``² bilinear samples (``ceil(roi size / bins)`` per axis
+    when ``sampling_ratio <= 0``) at regularly spaced points of the bin; boxes are in input-image
+    coordinates scaled by ``spatial_scale``. ``aligned=True`` shifts the box by −0.5 pixel so that
+    pixel centres line up (Detectron2); without it RoIs are at least 1×1. Samples beyond one pixel
+    outside the map count as zero.
+    """
+    rois = convert_boxes_to_roi_format(boxes).to(input.dtype)
+    pooled_h, pooled_w = _pair(output_size)
+    n, channels, height, width = input.shape
+    k = rois.shape[0]
+    if k == 0:
+        return input.new_zeros(0, channels, pooled_h, pooled_w)
+    start, bins, grid = _align_samples(rois, height, width, (pooled_h, pooled_w), spatial_scale, sampling_ratio,
+                                       aligned)
+    table = _channels_last_table(input)
+    samples_per_roi = grid[:, 0] * grid[:, 1] * pooled_h * pooled_w * 4
+    out = []
+    for first, last in _chunks(k, samples_per_roi):
+        out.append(_align_chunk(table, rois[first:last, 0].long(), start[first:last], bins[first:last],
+                                grid[first:last], (height, width), (pooled_h, pooled_w)))
+    return torch.cat(out).view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
+
+
+def _align_chunk(table, image, start, bins, grid, size, pooled):
+    """RoIAlign of a chunk of RoIs: one embedding_bag bag per output bin, 4 taps per sample."""
+    height, width = size
+    pooled_h, pooled_w = pooled
+    device, dtype = start.device, start.dtype
+    k = start.shape[0]
+    gh, gw = grid[:, 0], grid[:, 1]
+    per_bin = gh * gw  # samples in each bin of this RoI
+    bins_total = k * pooled_h * pooled_w
+    roi_of_bin = torch.arange(k, device=device).repeat_interleave(pooled_h * pooled_w)
+    counts = per_bin[roi_of_bin]  # (bins,)
+    # Every sample: its bin, and its (iy, ix) in the bin's grid.
+    bin_of_sample = torch.arange(bins_total, device=device).repeat_interleave(counts)
+    first_sample = torch.cumsum(counts, 0) - counts
+    within = torch.arange(bin_of_sample.numel(), device=device) - first_sample[bin_of_sample]
+    roi = roi_of_bin[bin_of_sample]
+    gx = gw[roi]
+    iy, ix = within // gx, within % gx
+    cell = bin_of_sample % (pooled_h * pooled_w)
+    py, px = cell // pooled_w, cell % pooled_w
+    y = start[roi, 0] + py.to(dtype) * bins[roi, 0] + (iy.to(dtype) + 0.5) * bins[roi, 0] / gh[roi].to(dtype)
+    x = start[roi, 1] + px.to(dtype) * bins[roi, 1] + (ix.to(dtype) + 0.5) * bins[roi, 1] / gx.to(dtype)
+    y_low, y_high, ly, y_ok = _axis_taps(y, height)
+    x_low, x_high, lx, x_ok = _axis_taps(x, width)
+    scale = (y_ok & x_ok).to(dtype) / counts[bin_of_sample].clamp_min(1).to(dtype)
+    hy, hx = 1 - ly, 1 - lx
+    base = image[roi] * (height * width)
+    index = torch.stack([base + y_low * width + x_low, base + y_low * width + x_high,
+                         base + y_high * width + x_low, base + y_high * width + x_high], 1).reshape(-1)
+    weight = (torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], 1) * scale[:, None]).reshape(-1).to(table.dtype)
+    offsets = torch.cat([first_sample, counts.sum().view(1)]) * 4  # empty bins (count 0) give 0
+    return F.embedding_bag(index, table, offsets, mode="sum", per_sample_weights=weight, include_last_offset=True)
+
+
+def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_scale: float = 1.0) -> Tensor:
+    """RoIPool: (N, C, H, W) features and K boxes -> (K, C, ph, pw), as ``torchvision.ops.roi_pool``.
+
+    Box corners are scaled and rounded to whole pixels (half away from zero), the RoI is at least 1×1,
+    each bin spans ``floor(i·h/ph) .. ceil((i+1)·h/ph)`` of it, clipped to the map, and outputs its
+    maximum (0 for a bin entirely outside).
+    """
+    rois = convert_boxes_to_roi_format(boxes).to(input.dtype)
+    pooled_h, pooled_w = _pair(output_size)
+    n, channels, height, width = input.shape
+    k = rois.shape[0]
+    if k == 0:
+        return input.new_zeros(0, channels, pooled_h, pooled_w)
+    scaled = rois[:, 1:] * spatial_scale
+    corner = (scaled.sign() * torch.floor(scaled.abs() + 0.5)).long()  # std::round
+    start_x, start_y, end_x, end_y = corner.unbind(1)
+    roi_w = (end_x - start_x + 1).clamp_min(1)
+    roi_h = (end_y - start_y + 1).clamp_min(1)
+    y0, y1 = _pool_bins(start_y, roi_h, pooled_h, height, rois.dtype)  # (K, ph) each
+    x0, x1 = _pool_bins(start_x, roi_w, pooled_w, width, rois.dtype)
+    table = _channels_last_table(input)
+    rows = (y1 - y0).clamp_min(0)
+    cols = (x1 - x0).clamp_min(0)
+    area = rows[:, :, None] * cols[:, None, :]  # (K, ph, pw) pixels per bin
+    out = []
+    for first, last in _chunks(k, area.flatten(1).sum(1)):
+        out.append(_pool_chunk(table, rois[first:last, 0].long(), y0[first:last], x0[first:last],
+                               rows[first:last], cols[first:last], area[first:last], height * width, width))
+    return torch.cat(out).view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
+
+
+def _pool_bins(start: Tensor, length: Tensor, pooled: int, limit: int, dtype) -> tuple[Tensor, Tensor]:
+    """Bin edges along one axis (torchvision's float arithmetic), clipped to [0, limit]."""
+    bin_size = length.to(dtype) / pooled
+    index = torch.arange(pooled, device=start.device, dtype=dtype)
+    lo = torch.floor(index * bin_size[:, None]).long() + start[:, None]
+    hi = torch.ceil((index + 1) * bin_size[:, None]).long() + start[:, None]
+    return lo.clamp(0, limit), hi.clamp(0, limit)
+
+
+def _pool_chunk(table, image, y0, x0, rows, cols, area, plane, width):
+    """RoIPool of a chunk of RoIs: one max-mode embedding_bag bag per output bin (empty bags give 0)."""
+    k, pooled_h = y0.shape
+    pooled_w = x0.shape[1]
+    device = y0.device
+    counts = area.reshape(-1)
+    bin_of_pixel = torch.arange(counts.numel(), device=device).repeat_interleave(counts)
+    first = torch.cumsum(counts, 0) - counts
+    within = torch.arange(bin_of_pixel.numel(), device=device) - first[bin_of_pixel]
+    roi = bin_of_pixel // (pooled_h * pooled_w)
+    cell = bin_of_pixel % (pooled_h * pooled_w)
+    py, px = cell // pooled_w, cell % pooled_w
+    ncols = cols[roi, px]
+    y = y0[roi, py] + within // ncols
+    x = x0[roi, px] + within % ncols
+    index = image[roi] * plane + y * width + x
+    offsets = torch.cat([first, counts.sum().view(1)])  # a bin outside the map is empty and gives 0
+    return F.embedding_bag(index, table, offsets, mode="max", include_last_offset=True)
+
+
+class RoIAlign(nn.Module):
+    """Module form of :func:`roi_align` (``torchvision.ops.RoIAlign``)."""
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, aligned: bool = False):
+        super().__init__()
+        self.output_size, self.spatial_scale = output_size, spatial_scale
+        self.sampling_ratio, self.aligned = sampling_ratio, aligned
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+
+
+class RoIPool(nn.Module):
+    """Module form of :func:`roi_pool` (``torchvision.ops.RoIPool``)."""
+
+    def __init__(self, output_size, spatial_scale: float):
+        super().__init__()
+        self.output_size, self.spatial_scale = output_size, spatial_scale
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return roi_pool(input, rois, self.output_size, self.spatial_scale)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+
+
+def fpn_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224.0, canonical_level: int = 4,
+               eps: float = 1e-6) -> Tensor:
+    """FPN level of each (K, 4) box (Lin et al. 2017, eq. 1): ⌊k0 + log2(√(wh)/224) + ε⌋ clamped to
+    [k_min, k_max], returned as an offset from k_min. ε (torchvision's 1e-6) keeps boxes of exactly
+    224·2ⁿ pixels on level k0 + n despite rounding in the logarithm."""
+    size = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    levels = torch.floor(canonical_level + torch.log2(size / canonical_scale) + eps)
+    return (levels.clamp(k_min, k_max) - k_min).to(torch.int64)
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """RoIAlign over FPN levels, as ``torchvision.ops.MultiScaleRoIAlign``: each box is pooled from the
+    level :func:`fpn_levels` assigns it, at that level's scale (``2^round(log2(feature / image))``).
+
+    ``forward(features: dict[str, Tensor], boxes: list[(Ki, 4)], image_shapes: list[(h, w)])`` -> (K, C, h, w).
+    ``mode="pool"`` uses RoIPool on each level instead (the Mask R-CNN paper's RoIPool ablation).
+    """
+
+    def __init__(self, featmap_names: list[str], output_size, sampling_ratio: int, *, canonical_scale: int = 224,
+                 canonical_level: int = 4, mode: str = "align"):
+        super().__init__()
+        if mode not in ("align", "pool"):
+            raise ValueError(f"mode must be 'align' or 'pool', got {mode!r}")
+        self.featmap_names, self.output_size = list(featmap_names), _pair(output_size)
+        self.sampling_ratio, self.mode = sampling_ratio, mode
+        self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+
+    def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        if self.mode == "pool":
+            return roi_pool(feature, rois, self.output_size, scale)
+        return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, aligned=False)
+
+    def forward(self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        maps = [features[name] for name in self.featmap_names]
+        original = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+        scales = [_infer_scale(m, original) for m in maps]
+        rois = convert_boxes_to_roi_format(boxes)
+        if len(maps) == 1:
+            return self._pool(maps[0], rois, scales[0])
+        k_min, k_max = round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
+        levels = fpn_levels(rois[:, 1:], k_min, k_max, self.canonical_scale, self.canonical_level)
+        result = maps[0].new_zeros(rois.shape[0], maps[0].shape[1], *self.output_size)
+        for level, (feature, scale) in enumerate(zip(maps, scales)):
+            chosen = torch.where(levels == level)[0]
+            result[chosen] = self._pool(feature, rois[chosen], scale).to(result.dtype)
+        return result
+
+
+def _infer_scale(feature: Tensor, original: tuple[int, int]) -> float:
+    """The power-of-two scale of a feature map relative to the (padded) image size."""
+    scales = [2.0 ** round(math.log2(f / o)) for f, o in zip(feature.shape[-2:], original)]
+    if scales[0] != scales[1]:
+        raise ValueError(f"feature map {tuple(feature.shape[-2:])} has different scales along h and w "
+                         f"for an image of {original}")
+    return scales[0]
