@@ -3,8 +3,10 @@ and semantics (border rules, adaptive sampling, the ``aligned`` half-pixel offse
 
 Both are weighted gathers over the feature map laid out channels-last, (N·H·W, C): every output bin
 is one bag of ``F.embedding_bag`` — the mean of bilinear samples for RoIAlign (each sample a weighted
-sum of 4 pixels), the max over the bin's pixels for RoIPool. Autograd gives the input gradient. RoIs
-are processed in chunks so that the index tensors stay bounded.
+sum of 4 pixels), the max over the bin's pixels for RoIPool. Autograd gives the input gradient (boxes
+get none, as in torchvision). RoIs are processed in chunks; under autograd each chunk is checkpointed
+(its gather indices rebuilt in backward), so the extra memory is one channels-last copy of the input
+plus one chunk, whatever the number of boxes.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from torch import Tensor, nn
 
 __all__ = ["roi_align", "roi_pool", "RoIAlign", "RoIPool", "MultiScaleRoIAlign", "fpn_levels", "convert_boxes_to_roi_format"]
 
-_CHUNK_ENTRIES = 1 << 22  # gather entries per chunk (bounds the index tensors to ~100 MB)
+_CHUNK_ENTRIES = 1 << 20  # gather entries per chunk: bounds the index tensors (tens of MB)
 
 
 def _pair(size) -> tuple[int, int]:
@@ -58,6 +60,13 @@ def _chunks(total: int, per_item: Tensor) -> list[tuple[int, int]]:
     return chunks
 
 
+def _checkpointed(chunk_fn, table: Tensor, *args) -> Tensor:
+    """``chunk_fn(table, *args)``; recomputed in backward instead of keeping its index tensors."""
+    if table.requires_grad and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(chunk_fn, table, *args, use_reentrant=False)
+    return chunk_fn(table, *args)
+
+
 def _align_samples(rois: Tensor, height: int, width: int, pooled: tuple[int, int], spatial_scale: float,
                    sampling_ratio: int, aligned: bool):
     """Per RoI: start (K, 2), bin size (K, 2) and sampling grid (K, 2) in (y, x), torchvision's arithmetic."""
@@ -96,7 +105,7 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_
     pixel centres line up (Detectron2); without it RoIs are at least 1×1. Samples beyond one pixel
     outside the map count as zero.
     """
-    rois = convert_boxes_to_roi_format(boxes).to(input.dtype)
+    rois = convert_boxes_to_roi_format(boxes).detach().to(input.dtype)
     pooled_h, pooled_w = _pair(output_size)
     n, channels, height, width = input.shape
     k = rois.shape[0]
@@ -106,11 +115,12 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_
                                        aligned)
     table = _channels_last_table(input)
     samples_per_roi = grid[:, 0] * grid[:, 1] * pooled_h * pooled_w * 4
-    out = []
+    out = table.new_empty(k, pooled_h * pooled_w, channels)
     for first, last in _chunks(k, samples_per_roi):
-        out.append(_align_chunk(table, rois[first:last, 0].long(), start[first:last], bins[first:last],
-                                grid[first:last], (height, width), (pooled_h, pooled_w)))
-    return torch.cat(out).view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
+        out[first:last] = _checkpointed(_align_chunk, table, rois[first:last, 0].long(), start[first:last],
+                                        bins[first:last], grid[first:last], (height, width),
+                                        (pooled_h, pooled_w)).view(last - first, -1, channels)
+    return out.view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
 
 
 def _align_chunk(table, image, start, bins, grid, size, pooled):
@@ -154,7 +164,7 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
     each bin spans ``floor(i·h/ph) .. ceil((i+1)·h/ph)`` of it, clipped to the map, and outputs its
     maximum (0 for a bin entirely outside).
     """
-    rois = convert_boxes_to_roi_format(boxes).to(input.dtype)
+    rois = convert_boxes_to_roi_format(boxes).detach().to(input.dtype)
     pooled_h, pooled_w = _pair(output_size)
     n, channels, height, width = input.shape
     k = rois.shape[0]
@@ -171,11 +181,12 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
     rows = (y1 - y0).clamp_min(0)
     cols = (x1 - x0).clamp_min(0)
     area = rows[:, :, None] * cols[:, None, :]  # (K, ph, pw) pixels per bin
-    out = []
+    out = table.new_empty(k, pooled_h * pooled_w, channels)
     for first, last in _chunks(k, area.flatten(1).sum(1)):
-        out.append(_pool_chunk(table, rois[first:last, 0].long(), y0[first:last], x0[first:last],
-                               rows[first:last], cols[first:last], area[first:last], height * width, width))
-    return torch.cat(out).view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
+        out[first:last] = _checkpointed(_pool_chunk, table, rois[first:last, 0].long(), y0[first:last],
+                                        x0[first:last], rows[first:last], cols[first:last], area[first:last],
+                                        height * width, width).view(last - first, -1, channels)
+    return out.view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
 
 
 def _pool_bins(start: Tensor, length: Tensor, pooled: int, limit: int, dtype) -> tuple[Tensor, Tensor]:
