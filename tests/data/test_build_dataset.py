@@ -24,3 +24,13 @@ def test_voc_reads_root_and_requires_it(voc_root):
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="shapes, voc"):
         build_dataset("imagenet", "train")
+
+
+def test_coco_layout_is_read_by_name(tmp_path):
+    from seglab.data import COCOInstances, build_dataset, export_shapes
+
+    export_shapes(tmp_path, "coco", {"val": 3}, image_size=32, seed=0)
+    dataset = build_dataset("coco", "val", root=tmp_path)
+    assert isinstance(dataset, COCOInstances) and len(dataset) == 3
+    with pytest.raises(ValueError, match="needs root"):
+        build_dataset("coco", "val")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from seglab.data.coco import COCOInstances, GroupedBatchSampler, aspect_ratio_groups, collate_instances
 from seglab.data.export import export_shapes
 from seglab.data.shapes import DEFAULT_NUM_IMAGES, Shapes
 from seglab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
@@ -16,11 +17,15 @@ from seglab.data.validate import format_summary, validate_dataset
 from seglab.data.voc import VOCSegmentation
 
 __all__ = [
+    "COCOInstances",
+    "GroupedBatchSampler",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Shapes",
     "VOCSegmentation",
+    "aspect_ratio_groups",
     "build_dataset",
+    "collate_instances",
     "dataset_names",
     "eval_transforms",
     "export_shapes",
@@ -43,7 +48,17 @@ def _voc(split, root, num_images, image_size, seed, transforms):
     return VOCSegmentation(root, split, transforms=transforms)
 
 
-_BUILDERS = {"shapes": _shapes, "voc": _voc}
+def _coco(split, root, num_images, image_size, seed, transforms):
+    if root is None:
+        raise ValueError("dataset 'coco' needs root (the folder holding <split>2017/ and annotations/)")
+    if num_images is not None:
+        raise ValueError("num_images only applies to 'shapes'; 'coco' reads the images of its annotation file")
+    root = Path(root)
+    return COCOInstances(root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json",
+                         transforms=transforms)
+
+
+_BUILDERS = {"shapes": _shapes, "voc": _voc, "coco": _coco}
 
 
 def dataset_names() -> list[str]:
@@ -60,10 +75,11 @@ def build_dataset(
     seed: int = 0,
     transforms: Callable | None = None,
 ):
-    """The dataset ``name`` ("shapes" or "voc") for ``split``.
+    """The dataset ``name`` ("shapes", "voc" or "coco") for ``split``.
 
     "shapes": generated, ``num_images`` defaults to train 1000, val 200, test 200; ``image_size``
-    (pixels) and ``seed`` apply to it only. "voc": read from ``root`` (required).
+    (pixels) and ``seed`` apply to it only. "voc", "coco": read from ``root`` (required); "coco" reads
+    ``root/<split>2017/`` and ``root/annotations/instances_<split>2017.json``.
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")

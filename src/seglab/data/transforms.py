@@ -18,7 +18,8 @@ from torchvision.transforms.v2 import functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
-INSTANCE_KEYS = ("boxes", "labels", "masks")
+INSTANCE_KEYS = ("boxes", "labels", "masks", "area", "iscrowd")
+_PER_INSTANCE = ("labels", "area", "iscrowd")  # plain tensors filtered alongside the boxes
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -77,14 +78,16 @@ class PadToSize(torch.nn.Module):
 
 
 class SanitizeInstances(torch.nn.Module):
-    """v2.SanitizeBoundingBoxes on the instance keys only (boxes, labels, masks); no-op without ``"boxes"``.
+    """v2.SanitizeBoundingBoxes on the instance keys only (boxes and, per instance, labels, masks, area,
+    iscrowd); no-op without ``"boxes"``.
 
     Keeping the semantic (H, W) ``"mask"`` out of it avoids indexing it with the (N,) keep vector.
     """
 
     def __init__(self, min_size: float = 1.0):
         super().__init__()
-        self.sanitize = v2.SanitizeBoundingBoxes(min_size=min_size)
+        self.sanitize = v2.SanitizeBoundingBoxes(
+            min_size=min_size, labels_getter=lambda sample: tuple(sample[k] for k in _PER_INSTANCE if k in sample))
 
     def forward(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
         if "boxes" not in target:
