@@ -129,3 +129,31 @@ def test_eval_and_predict_with_the_dense_crf_and_crf_tune(tmp_path):
     assert bad.returncode == 1 and "--crf-param needs --crf" in bad.stderr
     bad = seglab("eval", "--checkpoint", run, "--crf", "--crf-param", "sxy=20", check=False)
     assert bad.returncode == 1 and "bilateral_sxy" in bad.stderr
+
+
+SMALL_MASKRCNN = {"frozen_bn": False, "trainable_backbone_layers": 5, "fpn_channels": 32, "representation_size": 64,
+                  "mask_layers": [16], "anchor_sizes": [8, 16, 32, 64, 128], "rpn_pre_nms_top_n_train": 100,
+                  "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
+                  "box_batch_size_per_image": 32, "min_size": 64, "max_size": 64, "box_score_thresh": 0.0}
+
+
+def test_instance_model_trains_evaluates_with_cocoeval_and_predicts(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(model="maskrcnn_resnet18_fpn", model_options=SMALL_MASKRCNN, image_size=48, num_train=4,
+                      num_val=2, iters=2, batch_size=2, lr=0.01, out=str(run)))
+    for name in ["last.pt", "best.pt", "metrics.jsonl", "eval/metrics.json", "eval/overlays.png"]:
+        assert (run / name).is_file(), name
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/segm_AP" in record for record in logged)
+
+    out = seglab("eval", "--checkpoint", run, "--num-images", 2, "--out", tmp_path / "eval").stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"bbox", "segm"} and "AP50" in metrics["segm"] and "segm" in out
+    image, _ = Shapes("test", 1, image_size=40)[0]
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "scene.png")
+    seglab("predict", "--checkpoint", run, tmp_path / "scene.png", "--score-threshold", 0.0, "--out", tmp_path / "pred")
+    assert Image.open(tmp_path / "pred" / "scene_instances.png").size == (40, 40)
+    detections = json.loads((tmp_path / "pred" / "scene.json").read_text())
+    assert isinstance(detections, list) and all({"box", "label", "class", "score"} <= set(d) for d in detections)
+    bad = seglab("eval", "--checkpoint", run, "--crf", check=False)
+    assert bad.returncode == 1 and "semantic models only" in bad.stderr

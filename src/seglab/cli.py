@@ -130,14 +130,29 @@ def _eval_setup(args):
     return checkpoint, model, dataset
 
 
+def _is_instance(args, meta) -> bool:
+    """True for instance models, after checking that no semantic-only inference flag was given."""
+    if meta.get("task", "semantic") != "instance":
+        return False
+    if args.crf or args.crop or args.stride or args.flip or tuple(args.scales) != (1.0,):
+        raise ValueError("--crf, --crop, --stride, --scales and --flip apply to semantic models only")
+    return True
+
+
 def cmd_eval(args) -> None:
     from .engine.evaluate import evaluate, write_report
+    from .engine.instance import evaluate_instances, write_instance_report
 
     checkpoint, model, dataset = _eval_setup(args)
     meta = model.meta
+    out = Path(args.out or checkpoint.parent / "eval")
+    if _is_instance(args, meta):
+        result, visuals = evaluate_instances(model, dataset)
+        print(write_instance_report(result, meta["classes"], meta["palette"], visuals, out))
+        print(f"wrote {out}/metrics.json (COCO box and mask AP), overlays.png")
+        return
     result, visuals = evaluate(model, dataset, meta["num_classes"], meta["mean"], meta["std"],
                                batch_size=args.batch_size, **_inference_options(args))
-    out = Path(args.out or checkpoint.parent / "eval")
     print(write_report(result, meta["classes"], meta["palette"], visuals, out))
     print(f"wrote {out}/metrics.json, per_class_iou.png, overlays.png")
 
@@ -176,6 +191,12 @@ def cmd_predict(args) -> None:
     from .engine.predict import predict_files
 
     model = models.load(args.checkpoint, device=args.device, **_model_options(args))
+    if _is_instance(args, model.meta):
+        from .engine.instance import predict_instance_files
+
+        written = predict_instance_files(model, args.images, args.out, args.score_threshold)
+        print(f"wrote {len(written)} drawings (<stem>_instances.png) and detections (<stem>.json) to {args.out}")
+        return
     written = predict_files(model, args.images, args.out, **_inference_options(args))
     print(f"wrote {len(written)} masks and overlays to {args.out}")
 
@@ -239,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True, help="run directory or .pt file")
     predict.add_argument("--out", required=True)
     predict.add_argument("--device", default="cpu")
+    predict.add_argument("--score-threshold", type=float, default=0.5, help="instance models: detections drawn")
     _add_inference_flags(predict)
     predict.set_defaults(func=cmd_predict)
 

@@ -148,8 +148,8 @@ def plot_curves(metrics_jsonl, out_png) -> None:
     """Write a PNG of training curves from a run's ``metrics.jsonl``.
 
     Lines are JSON dicts with a ``step``: training ones carry ``loss`` and ``lr``, validation ones
-    ``val/<metric>`` keys. Panels: loss (log y) vs step, learning rate vs step, and all ``val/``
-    metrics vs step when any are present.
+    ``val/<metric>`` keys. Panels: loss (log y) vs step, learning rate vs step, and the ``val/``
+    metrics vs step when any are present (of COCO's stats only AP and AP50).
     """
     records = _read_jsonl(metrics_jsonl)
     series: dict[str, tuple[list, list]] = {}
@@ -159,7 +159,9 @@ def plot_curves(metrics_jsonl, out_png) -> None:
                 steps, values = series.setdefault(key, ([], []))
                 steps.append(record["step"])
                 values.append(value)
-    val_keys = sorted(k for k in series if k.startswith("val/"))
+    # COCO's 12 stats per IoU type would swamp the legend: keep AP and AP50
+    detail = ("AR", "APs", "APm", "APl", "AP75")
+    val_keys = sorted(k for k in series if k.startswith("val/") and not k.rsplit("_", 1)[-1].startswith(detail))
     panels = [("training loss", ["loss"], "log"), ("learning rate", ["lr"], "linear")]
     if val_keys:
         panels.append(("validation", val_keys, "linear"))
@@ -192,3 +194,22 @@ def plot_per_class_iou(iou: list[float], class_names: list[str], out_png) -> Non
            title="per-class IoU")
     ax.invert_yaxis()
     fig.savefig(Path(out_png), dpi=100)
+
+
+def draw_instances(image, boxes, labels, masks, classes, palette, scores=None, alpha: float = 0.5) -> Image.Image:
+    """RGB image with instance masks filled (alpha), boxes outlined and "class score" captions, each in
+    its class's palette colour (torchvision.utils' drawing).
+
+    image: uint8 (3, H, W); boxes (N, 4) xyxy pixels; labels (N,) class ids; masks (N, H, W) bool.
+    """
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+    image = image.cpu()
+    if len(boxes) == 0:
+        return Image.fromarray(image.permute(1, 2, 0).numpy())
+    colors = [tuple(int(c) for c in palette[int(label)]) for label in labels]
+    drawn = draw_segmentation_masks(image, masks.cpu().bool(), alpha=alpha, colors=colors)
+    captions = [classes[int(label)] if scores is None else f"{classes[int(label)]} {float(score):.2f}"
+                for label, score in zip(labels, scores if scores is not None else labels)]
+    drawn = draw_bounding_boxes(drawn, boxes.cpu().float(), labels=captions, colors=colors, width=1)
+    return Image.fromarray(drawn.permute(1, 2, 0).numpy())

@@ -35,3 +35,19 @@ def test_seeded_transforms_depend_only_on_the_key_and_leave_global_rng_alone():
     dataset[(0, 0)]
     assert torch.equal(torch.rand(1), after)
     assert torch.equal(dataset[(1, 2)][0], a) and not torch.equal(dataset[(2, 2)][0], a)
+
+
+def test_grouped_batches_hold_one_group_and_resume_exactly():
+    from seglab.engine.sampler import EpochBatchSampler
+
+    groups = [0, 1, 1, 0, 1, 1, 0, 1, 0, 1, 1]  # 4 tall, 7 wide
+    sampler = EpochBatchSampler(len(groups), 3, seed=5, groups=groups)
+    assert sampler.batches_per_epoch == 1 + 2
+    stream = iter(sampler)
+    first = [next(stream) for _ in range(7)]
+    for batch in first:
+        assert len(batch) == 3 and len({groups[i] for _, i in batch}) == 1
+    epoch0 = [i for batch in first[:3] for _, i in batch]
+    assert len(set(epoch0)) == 9 and all(e == 0 for batch in first[:3] for e, _ in batch)
+    resumed = EpochBatchSampler(len(groups), 3, seed=5, start=sampler.position(4), groups=groups)
+    assert [next(iter(resumed)) for _ in range(1)] == first[4:5]

@@ -54,13 +54,17 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 0  # 0: validate only at the end
     ckpt_every: int = 500
-    best_metric: str = "miou"
+    best_metric: str | None = None  # default: miou (semantic), segm_AP (instance: COCO mask AP)
     resume: bool = False
     stop_at: int | None = None  # stop after this step with a checkpoint (e.g. a job's time limit)
 
     def model_kwargs(self) -> dict:
         """Keyword options for ``seglab.models.create``."""
-        options = {"width_mult": self.width_mult, "frozen_bn": self.frozen_bn, **self.model_options}
+        options = dict(self.model_options)  # only options set away from their defaults: not every model takes them
+        if self.width_mult != 1.0:
+            options["width_mult"] = self.width_mult
+        if self.frozen_bn:
+            options["frozen_bn"] = True
         if self.batch_norm is not None:
             options["batch_norm"] = self.batch_norm
         if self.backbone_weights:

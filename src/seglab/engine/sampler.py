@@ -7,7 +7,7 @@ of DataLoader workers.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -21,16 +21,38 @@ class EpochBatchSampler:
         batch_size: samples per batch (≤ ``num_samples``).
         seed: base seed of the permutations.
         start: ``(epoch, batch)`` to start from (as returned by ``position(step)``).
+        groups: optional group id per sample (e.g. ``data.aspect_ratio_groups``): every batch then holds
+            one group only, as detection training groups images by aspect ratio; each group drops its
+            own incomplete batch and the epoch's batches are shuffled.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start: tuple[int, int] = (0, 0)):
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start: tuple[int, int] = (0, 0),
+                 groups: Sequence[int] | None = None):
         if batch_size > num_samples:
             raise ValueError(f"batch size {batch_size} exceeds the {num_samples} training samples")
         self.num_samples, self.batch_size, self.seed, self.start = num_samples, batch_size, seed, start
+        self.groups = None if groups is None else torch.as_tensor(groups)
+        if self.groups is not None and self.batches_per_epoch == 0:
+            raise ValueError(f"no aspect-ratio group holds a batch of {batch_size} samples")
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.num_samples // self.batch_size
+        if self.groups is None:
+            return self.num_samples // self.batch_size
+        return int((torch.bincount(self.groups) // self.batch_size).sum())
+
+    def _epoch(self, epoch: int) -> list[torch.Tensor]:
+        """The batches (index tensors) of one epoch, a function of ``(seed, epoch)``."""
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        size = self.batch_size
+        if self.groups is None:
+            return [order[b * size:(b + 1) * size] for b in range(self.batches_per_epoch)]
+        batches = []
+        for group in torch.unique(self.groups):
+            members = order[self.groups[order] == group]
+            batches += [members[b * size:(b + 1) * size] for b in range(len(members) // size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator)]
 
     def position(self, step: int) -> tuple[int, int]:
         """``(epoch, batch)`` of the ``step``-th batch counted from zero."""
@@ -39,9 +61,7 @@ class EpochBatchSampler:
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, batch = self.start
         while True:
-            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + epoch))
-            for b in range(batch, self.batches_per_epoch):
-                chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+            for chunk in self._epoch(epoch)[batch:]:
                 yield [(epoch, int(i)) for i in chunk]
             epoch, batch = epoch + 1, 0
 

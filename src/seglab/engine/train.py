@@ -1,5 +1,7 @@
-"""The training loop of semantic models: data → model → cross-entropy (ignore 255) → optimiser step,
-with validation, best/last checkpoints, exact resume, and a stop on a non-finite loss."""
+"""The training loop: data → model → loss → optimiser step, with validation, best/last checkpoints,
+exact resume, and a stop on a non-finite loss. Semantic models train with cross-entropy (ignore 255)
+and validate by mIoU; instance models (torchvision's detection I/O) train on their own loss dict and
+validate by COCO mask AP (``engine.instance``)."""
 from __future__ import annotations
 
 import json
@@ -16,10 +18,13 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from tqdm import tqdm
 
 from .. import data, viz
-from ..models import create
+from ..data.coco import aspect_ratio_groups
+from ..models import create, entry
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, save_config
 from .evaluate import evaluate, write_report
+from .instance import (collate_for_model, evaluate_instances, flat_metrics, instance_loss, instance_transforms,
+                       write_instance_report)
 from .optim import build_optimizer, build_scheduler
 from .sampler import EpochBatchSampler, SeededTransforms
 
@@ -80,6 +85,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
         self.train_set, self.val_set, self.num_classes = build_datasets(config)
+        self.task = entry(config.model).task
+        self.best_metric = config.best_metric or ("miou" if self.task == "semantic" else "segm_AP")
         self.model = create(config.model, self.num_classes, **config.model_kwargs()).to(self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
@@ -96,7 +103,7 @@ class Trainer:
             "model": config.model, "options": config.model_kwargs() | {"weights_backbone": None},
             "num_classes": self.num_classes, "classes": list(self.train_set.classes)[:self.num_classes],
             "palette": [list(c) for c in self.train_set.palette], "mean": list(data.IMAGENET_MEAN),
-            "std": list(data.IMAGENET_STD),
+            "std": list(data.IMAGENET_STD), "task": self.task,
         }
         if config.resume:
             self._resume()
@@ -128,15 +135,20 @@ class Trainer:
     # -- loop ------------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
         config = self.config
-        transforms = data.train_transforms(config.crop_size or config.image_size, scale_range=config.scale_range,
-                                           hflip=config.hflip)
-        sampler = EpochBatchSampler(len(self.train_set), config.batch_size, config.seed)
+        if self.task == "instance":  # the model resizes and normalises; batches share an aspect ratio
+            transforms, collate = instance_transforms(config.hflip), collate_for_model
+            groups = aspect_ratio_groups(self.train_set) if hasattr(self.train_set, "coco") else None
+        else:
+            transforms = data.train_transforms(config.crop_size or config.image_size,
+                                               scale_range=config.scale_range, hflip=config.hflip)
+            collate, groups = collate_semantic, None
+        sampler = EpochBatchSampler(len(self.train_set), config.batch_size, config.seed, groups=groups)
         sampler.start = sampler.position(self.step)
         dataset = SeededTransforms(self.train_set, transforms, config.seed)
         # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run
         # would see different dropout masks than a straight one.
         return DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                          collate_fn=collate_semantic, persistent_workers=config.num_workers > 0,
+                          collate_fn=collate, persistent_workers=config.num_workers > 0,
                           generator=torch.Generator().manual_seed(config.seed))
 
     def _log(self, record: dict) -> None:
@@ -144,9 +156,16 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def validate(self) -> dict:
-        result, visuals = evaluate(self.model, self.val_set, self.num_classes, self.meta["mean"], self.meta["std"])
-        self._log({"step": self.step, **{f"val/{k}": result[k] for k in ("pixel_acc", "mean_acc", "miou", "fwiou")}})
-        metric = result[self.config.best_metric]
+        if self.task == "instance":
+            result, visuals = evaluate_instances(self.model, self.val_set)
+            summary = flat_metrics(result)
+        else:
+            result, visuals = evaluate(self.model, self.val_set, self.num_classes, self.meta["mean"], self.meta["std"])
+            summary = {k: result[k] for k in ("pixel_acc", "mean_acc", "miou", "fwiou")}
+        self._log({"step": self.step, **{f"val/{k}": v for k, v in summary.items()}})
+        if self.best_metric not in summary:
+            raise ValueError(f"best_metric {self.best_metric!r} is not a validation metric; one of {sorted(summary)}")
+        metric = summary[self.best_metric]
         if metric > self.best:
             self.best = metric
             save_checkpoint(self.state(), self.out / "best.pt")
@@ -163,11 +182,13 @@ class Trainer:
         progress = tqdm(total=end, initial=self.step, desc="train", unit="it", dynamic_ncols=True)
         result, started = None, time.perf_counter()
         while self.step < end:
-            images, masks = next(batches)
-            images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
-            masks = masks.to(self.device, non_blocking=True)
+            images, targets = next(batches)
             with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=config.amp):
-                loss = semantic_loss(model(images), masks)
+                if self.task == "instance":
+                    loss = instance_loss(model, images, targets, self.device)
+                else:
+                    images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
+                    loss = semantic_loss(model(images), targets.to(self.device, non_blocking=True))
             loss_value = loss.item()  # the one host sync per step
             if not math.isfinite(loss_value):
                 progress.close()
@@ -197,9 +218,8 @@ class Trainer:
         save_checkpoint(self.state(), self.out / "last.pt")  # once at the end, after the final validation
         viz.plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
         if result is not None:
-            table = write_report(result, self.meta["classes"], self.meta["palette"], self.last_visuals,
-                                 self.out / "eval")
-            tqdm.write(table)
+            report = write_instance_report if self.task == "instance" else write_report
+            tqdm.write(report(result, self.meta["classes"], self.meta["palette"], self.last_visuals, self.out / "eval"))
         return result
 
 

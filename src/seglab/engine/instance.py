@@ -1,0 +1,142 @@
+"""Instance segmentation in the engine (torchvision's detection I/O): training data and loss, COCO
+evaluation through pycocotools, reports and pictures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torch import nn
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from .. import viz
+from ..data.coco import collate_instances
+from ..metrics.coco import coco_results, evaluate_coco, format_coco_table
+
+MODEL_KEYS = ("boxes", "labels", "masks")  # what a detection model reads from a target
+
+
+def instance_transforms(hflip: bool = True) -> v2.Compose:
+    """Training augmentation: horizontal flip (boxes and masks follow), image -> float32 in [0, 1]
+    (the model normalises and resizes itself)."""
+    return v2.Compose([*([v2.RandomHorizontalFlip()] if hflip else []), v2.ToDtype(torch.float32, scale=True)])
+
+
+def collate_for_model(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
+    """(images, targets) lists with the targets cut to the keys the model reads."""
+    images, targets = collate_instances(batch)
+    return images, [{key: target[key] for key in MODEL_KEYS} for target in targets]
+
+
+def instance_loss(model: nn.Module, images: list[torch.Tensor], targets: list[dict], device) -> torch.Tensor:
+    """Sum of the model's training losses (RPN objectness and boxes, classifier, boxes, masks)."""
+    images = [image.to(device, non_blocking=True) for image in images]
+    targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()} for target in targets]
+    return sum(model(images, targets).values())
+
+
+def ground_truth(dataset) -> tuple[COCO, dict[int, int], list[int]]:
+    """(pycocotools COCO, label → category id, image id per index) of an instance dataset.
+
+    A COCO dataset brings its own index; any other (e.g. Shapes) is indexed in memory from its targets
+    (image ids 1..N, category id = label).
+    """
+    if hasattr(dataset, "coco"):
+        return dataset.coco, dict(dataset.label_to_category_id), list(dataset.ids)
+    images, annotations = [], []
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        height, width = image.shape[-2:]
+        images.append({"id": index + 1, "height": int(height), "width": int(width)})
+        masks = np.asfortranarray(target["masks"].numpy().astype(np.uint8).transpose(1, 2, 0))
+        for rle, label in zip(mask_utils.encode(masks), target["labels"].tolist()):
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": label,
+                                "segmentation": rle, "area": float(mask_utils.area(rle)),
+                                "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0})
+    categories = [{"id": i, "name": name} for i, name in enumerate(dataset.classes) if i > 0]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    coco.createIndex()
+    return coco, {i: i for i in range(1, len(dataset.classes))}, [image["id"] for image in images]
+
+
+@torch.no_grad()
+def evaluate_instances(model: nn.Module, dataset, num_visuals: int = 8, progress: bool = True):
+    """COCO box and mask AP of ``model`` over ``dataset`` (uint8 images, no transforms).
+
+    Returns ``(metrics, visuals)``: ``{"bbox": {AP, AP50, ...}, "segm": {...}}`` from COCOeval and up to
+    ``num_visuals`` tuples ``(image, target, prediction)`` for the picture grid.
+    """
+    coco, label_to_category, image_ids = ground_truth(dataset)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    predictions, visuals = [], []
+    for index in tqdm(range(len(dataset)), desc="eval", disable=not progress, leave=False):
+        image, target = dataset[index]
+        prediction = model([image.to(device).float() / 255])[0]
+        prediction = {key: value.cpu() for key, value in prediction.items()}
+        predictions.append(prediction)
+        if len(visuals) < num_visuals:
+            visuals.append((image, target, prediction))
+    model.train(was_training)
+    results = coco_results(predictions, image_ids, label_to_category)
+    return evaluate_coco(coco, results), visuals
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """``{"bbox": {"AP": …}}`` -> ``{"bbox_AP": …}`` for logs and ``best_metric``."""
+    return {f"{kind}_{name}": value for kind, stats in metrics.items() for name, value in stats.items()}
+
+
+def instance_picture(image, target, prediction, classes, palette, score_threshold: float = 0.5):
+    """[input, ground truth, prediction] PIL images of one sample (masks thresholded at 0.5)."""
+    keep = prediction["scores"] >= score_threshold
+    return [viz.draw_instances(image, target["boxes"][:0], target["labels"][:0], target["masks"][:0], classes, palette),
+            viz.draw_instances(image, target["boxes"], target["labels"], target["masks"].bool(), classes, palette),
+            viz.draw_instances(image, prediction["boxes"][keep], prediction["labels"][keep],
+                               prediction["masks"][keep, 0] > 0.5, classes, palette, prediction["scores"][keep])]
+
+
+def write_instance_report(metrics: dict, classes: Sequence[str], palette, visuals, out_dir: str | Path) -> str:
+    """Write ``metrics.json`` (COCO box/mask stats) and ``overlays.png`` (input | ground truth |
+    predictions scoring ≥ 0.5); return the Markdown table."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if visuals:
+        rows = [instance_picture(image, target, prediction, classes, palette) for image, target, prediction in visuals]
+        viz.grid(rows, titles=["input", "ground truth", "prediction (score ≥ 0.5)"]).save(out / "overlays.png")
+    return format_coco_table(metrics)
+
+
+@torch.no_grad()
+def predict_instance_files(model: nn.Module, paths, out_dir: str | Path, score_threshold: float = 0.5) -> list[Path]:
+    """For each image: ``<stem>_instances.png`` (masks, boxes, class and score drawn) and ``<stem>.json``
+    (boxes xyxy in pixels, labels, class names, scores) of the detections scoring ≥ ``score_threshold``."""
+    from .predict import read_image
+
+    meta, device = model.meta, next(model.parameters()).device
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    written = []
+    for path in tqdm(list(paths), desc="predict", unit="img"):
+        image = read_image(path)
+        prediction = {k: v.cpu() for k, v in model([image.to(device).float() / 255])[0].items()}
+        keep = prediction["scores"] >= score_threshold
+        boxes, labels, scores = prediction["boxes"][keep], prediction["labels"][keep], prediction["scores"][keep]
+        stem = Path(path).stem
+        viz.draw_instances(image, boxes, labels, prediction["masks"][keep, 0] > 0.5, meta["classes"], meta["palette"],
+                           scores).save(out / f"{stem}_instances.png")
+        detections = [{"box": [round(float(v), 2) for v in box], "label": int(label),
+                       "class": meta["classes"][int(label)], "score": round(float(score), 4)}
+                      for box, label, score in zip(boxes, labels, scores)]
+        (out / f"{stem}.json").write_text(json.dumps(detections, indent=1))
+        written.append(out / f"{stem}_instances.png")
+    return written

@@ -1,0 +1,151 @@
+"""The second stage (Fast R-CNN, arXiv:1504.08083, with Mask R-CNN's mask branch, arXiv:1703.06870 §3):
+RoI features of the proposals → class scores, per-class box refinements and per-class masks."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+
+from .box_coder import BoxCoder
+from .masks import class_masks, mask_loss
+from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match, sample_balanced
+
+
+class TwoMLPHead(nn.Module):
+    """FPN's box head (FPN §4.2): flatten, then two fully connected layers + ReLU. (K,C,7,7) → (K,width)."""
+
+    def __init__(self, in_features: int, representation_size: int = 1024):
+        super().__init__()
+        self.fc6 = nn.Linear(in_features, representation_size)
+        self.fc7 = nn.Linear(representation_size, representation_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
+
+
+class FastRCNNPredictor(nn.Module):
+    """Class logits (K, num_classes) and per-class box deltas (K, 4·num_classes) from (K, width)."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes)
+        self.bbox_pred = nn.Linear(in_features, num_classes * 4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.flatten(1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class RoIHeads(nn.Module):
+    """Box and mask heads on the proposals of each image. ``num_classes`` counts the background (class 0).
+
+    Training: ground-truth boxes join the proposals; a proposal with IoU ≥ ``fg_iou_thresh`` with a ground
+    truth takes its class, < ``bg_iou_thresh`` is background; ``batch_size_per_image`` are sampled with at
+    most ``positive_fraction`` foreground. Losses: cross-entropy on the classes, smooth-L1 (β = 1/9) on the
+    foreground's deltas of its class summed and divided by the number sampled, and the mask loss on the
+    foreground (§3). Inference: per class, decoded boxes clipped, scores > ``score_thresh``, boxes < 0.01 px
+    dropped, NMS at ``nms_thresh`` per class, the ``detections_per_img`` best kept, then their masks.
+
+    ``box_roi_pool`` / ``mask_roi_pool`` map (features, boxes, image sizes) to (K,C,7,7) / (K,C,14,14).
+    """
+
+    def __init__(self, box_roi_pool: nn.Module, box_head: nn.Module, box_predictor: nn.Module,
+                 mask_roi_pool: nn.Module, mask_head: nn.Module, mask_predictor: nn.Module, *,
+                 fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, batch_size_per_image: int = 512,
+                 positive_fraction: float = 0.25, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100):
+        super().__init__()
+        self.box_roi_pool, self.box_head, self.box_predictor = box_roi_pool, box_head, box_predictor
+        self.mask_roi_pool, self.mask_head, self.mask_predictor = mask_roi_pool, mask_head, mask_predictor
+        self.box_coder = BoxCoder(bbox_reg_weights)
+        self.fg_iou_thresh, self.bg_iou_thresh = fg_iou_thresh, bg_iou_thresh
+        self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
+        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+
+    def box_predictions(self, features: dict[str, Tensor], proposals: list[Tensor],
+                        image_sizes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+        """Class logits (K, num_classes) and deltas (K, 4·num_classes) of the concatenated proposals."""
+        return self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_sizes)))
+
+    def mask_logits(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+                    ) -> Tensor:
+        """Mask logits (K, num_classes, 28, 28) of the concatenated boxes."""
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_sizes)))
+
+    def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
+                targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """FPN features, proposals [(P_i, 4)] and image sizes → (detections [{"boxes" (D,4), "labels" (D,),
+        "scores" (D,), "masks" (D,1,28,28) probabilities}], {}) in eval; ([], losses) in training."""
+        if self.training:
+            if targets is None:
+                raise ValueError("the RoI heads need targets in training mode")
+            return [], self.loss(features, proposals, image_sizes, targets)
+        class_logits, deltas = self.box_predictions(features, proposals, image_sizes)
+        detections = self.postprocess(class_logits, deltas, proposals, image_sizes)
+        logits = self.mask_logits(features, [d["boxes"] for d in detections], image_sizes)
+        probs = class_masks(logits, torch.cat([d["labels"] for d in detections]))
+        for detection, masks in zip(detections, probs.split([len(d["boxes"]) for d in detections])):
+            detection["masks"] = masks
+        return detections, {}
+
+    def sample(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
+               ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Training proposals (ground truth added), sampled → per image: proposals (S,4), their labels (S,)
+        (0 = background) and the index of their matched ground truth (S,)."""
+        sampled_proposals, labels, matched = [], [], []
+        for proposals_i, target in zip(proposals, targets):
+            gt_boxes = target["boxes"].to(proposals_i.dtype)
+            proposals_i = torch.cat([proposals_i, gt_boxes])
+            if gt_boxes.numel():
+                matches = match(box_iou(gt_boxes, proposals_i), self.fg_iou_thresh, self.bg_iou_thresh)
+                label = target["labels"][matches.clamp(min=0)].masked_fill(matches == BELOW_LOW_THRESHOLD, 0)
+                label = label.masked_fill(matches == BETWEEN_THRESHOLDS, -1)
+            else:  # an image without objects: all background
+                matches = label = torch.zeros(len(proposals_i), dtype=torch.int64, device=proposals_i.device)
+            sampled_proposals.append(proposals_i)
+            labels.append(label)
+            matched.append(matches.clamp(min=0))
+        positive, negative = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
+        keep = [torch.where(p | n)[0] for p, n in zip(positive, negative)]
+        return ([p[k] for p, k in zip(sampled_proposals, keep)], [x[k] for x, k in zip(labels, keep)],
+                [m[k] for m, k in zip(matched, keep)])
+
+    def loss(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
+             targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """{"loss_classifier", "loss_box_reg", "loss_mask"} on a sampled batch of proposals (see the class)."""
+        proposals, labels, matched = self.sample(proposals, targets)
+        class_logits, deltas = self.box_predictions(features, proposals, image_sizes)
+        positive = [torch.where(label > 0)[0] for label in labels]
+        fg_proposals = [p[k] for p, k in zip(proposals, positive)]
+        fg_matched = [m[k] for m, k in zip(matched, positive)]
+        fg_boxes = torch.cat([t["boxes"][m] for t, m in zip(targets, fg_matched)]).to(deltas.dtype)
+        all_labels = torch.cat(labels)
+        foreground = torch.where(all_labels > 0)[0]
+        fg_deltas = deltas.reshape(len(deltas), -1, 4)[foreground, all_labels[foreground]]
+        box_loss = F.smooth_l1_loss(fg_deltas, self.box_coder.encode(fg_boxes, torch.cat(fg_proposals)), beta=1 / 9,
+                                    reduction="sum") / all_labels.numel()
+        logits = self.mask_logits(features, fg_proposals, image_sizes)
+        return {"loss_classifier": F.cross_entropy(class_logits, all_labels), "loss_box_reg": box_loss,
+                "loss_mask": mask_loss(logits, fg_proposals, [t["masks"] for t in targets],
+                                       [t["labels"] for t in targets], fg_matched)}
+
+    def postprocess(self, class_logits: Tensor, deltas: Tensor, proposals: list[Tensor],
+                    image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Detections per image from the heads' outputs on all proposals (see the class)."""
+        num_classes = class_logits.shape[-1]
+        boxes = self.box_coder.decode(deltas, torch.cat(proposals))
+        scores = F.softmax(class_logits, -1)
+        counts = [len(p) for p in proposals]
+        detections = []
+        for boxes_i, scores_i, size in zip(boxes.split(counts), scores.split(counts), image_sizes):
+            labels = torch.arange(num_classes, device=boxes_i.device).expand_as(scores_i)
+            # class 0 is the background: no detections of it
+            boxes_i = clip_boxes_to_image(boxes_i, size)[:, 1:].reshape(-1, 4)
+            scores_i, labels = scores_i[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
+            keep = torch.where(scores_i > self.score_thresh)[0]
+            keep = keep[remove_small_boxes(boxes_i[keep], min_size=1e-2)]
+            keep = keep[batched_nms(boxes_i[keep], scores_i[keep], labels[keep], self.nms_thresh)]
+            keep = keep[:self.detections_per_img]
+            detections.append({"boxes": boxes_i[keep], "labels": labels[keep], "scores": scores_i[keep]})
+        return detections
