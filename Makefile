@@ -22,6 +22,8 @@ test: $(BIN)/seglab
 bench: $(BIN)/seglab
 	$(BIN)/python benchmarks/semantic.py
 	$(BIN)/python benchmarks/crf.py
+	$(BIN)/python benchmarks/roi.py
+	$(BIN)/python benchmarks/instance.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

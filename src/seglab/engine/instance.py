@@ -111,7 +111,7 @@ def write_instance_report(metrics: dict, classes: Sequence[str], palette, visual
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if visuals:
         rows = [instance_picture(image, target, prediction, classes, palette) for image, target, prediction in visuals]
-        viz.grid(rows, titles=["input", "ground truth", "prediction (score ≥ 0.5)"]).save(out / "overlays.png")
+        viz.grid(rows, titles=["input", "ground truth", "prediction (score >= 0.5)"]).save(out / "overlays.png")
     return format_coco_table(metrics)
 
 

@@ -60,11 +60,22 @@ def _chunks(total: int, per_item: Tensor) -> list[tuple[int, int]]:
     return chunks
 
 
-def _checkpointed(chunk_fn, table: Tensor, *args) -> Tensor:
-    """``chunk_fn(table, *args)``; recomputed in backward instead of keeping its index tensors."""
+def _gather_rois(chunk_fn, table: Tensor, cost: Tensor, bins: int, chunk_args) -> Tensor:
+    """(K, bins, C): ``chunk_fn(table, *chunk_args(first, last))`` over chunks of RoIs bounded by ``cost``.
+
+    Under autograd each chunk is checkpointed (its gather indices are rebuilt in backward rather than
+    kept) and the chunks are concatenated; without it they are written into one preallocated output.
+    """
+    k, channels = cost.numel(), table.shape[1]
+    chunks = _chunks(k, cost)
     if table.requires_grad and torch.is_grad_enabled():
-        return torch.utils.checkpoint.checkpoint(chunk_fn, table, *args, use_reentrant=False)
-    return chunk_fn(table, *args)
+        return torch.cat([torch.utils.checkpoint.checkpoint(chunk_fn, table, *chunk_args(first, last),
+                                                            use_reentrant=False).view(last - first, bins, channels)
+                          for first, last in chunks])
+    out = table.new_empty(k, bins, channels)
+    for first, last in chunks:
+        out[first:last] = chunk_fn(table, *chunk_args(first, last)).view(last - first, bins, channels)
+    return out
 
 
 def _align_samples(rois: Tensor, height: int, width: int, pooled: tuple[int, int], spatial_scale: float,
@@ -113,13 +124,10 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_
         return input.new_zeros(0, channels, pooled_h, pooled_w)
     start, bins, grid = _align_samples(rois, height, width, (pooled_h, pooled_w), spatial_scale, sampling_ratio,
                                        aligned)
-    table = _channels_last_table(input)
-    samples_per_roi = grid[:, 0] * grid[:, 1] * pooled_h * pooled_w * 4
-    out = table.new_empty(k, pooled_h * pooled_w, channels)
-    for first, last in _chunks(k, samples_per_roi):
-        out[first:last] = _checkpointed(_align_chunk, table, rois[first:last, 0].long(), start[first:last],
-                                        bins[first:last], grid[first:last], (height, width),
-                                        (pooled_h, pooled_w)).view(last - first, -1, channels)
+    image = rois[:, 0].long()
+    out = _gather_rois(_align_chunk, _channels_last_table(input), grid[:, 0] * grid[:, 1] * pooled_h * pooled_w * 4,
+                       pooled_h * pooled_w, lambda a, b: (image[a:b], start[a:b], bins[a:b], grid[a:b],
+                                                          (height, width), (pooled_h, pooled_w)))
     return out.view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
 
 
@@ -177,15 +185,13 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
     roi_h = (end_y - start_y + 1).clamp_min(1)
     y0, y1 = _pool_bins(start_y, roi_h, pooled_h, height, rois.dtype)  # (K, ph) each
     x0, x1 = _pool_bins(start_x, roi_w, pooled_w, width, rois.dtype)
-    table = _channels_last_table(input)
     rows = (y1 - y0).clamp_min(0)
     cols = (x1 - x0).clamp_min(0)
     area = rows[:, :, None] * cols[:, None, :]  # (K, ph, pw) pixels per bin
-    out = table.new_empty(k, pooled_h * pooled_w, channels)
-    for first, last in _chunks(k, area.flatten(1).sum(1)):
-        out[first:last] = _checkpointed(_pool_chunk, table, rois[first:last, 0].long(), y0[first:last],
-                                        x0[first:last], rows[first:last], cols[first:last], area[first:last],
-                                        height * width, width).view(last - first, -1, channels)
+    image = rois[:, 0].long()
+    out = _gather_rois(_pool_chunk, _channels_last_table(input), area.flatten(1).sum(1), pooled_h * pooled_w,
+                       lambda a, b: (image[a:b], y0[a:b], x0[a:b], rows[a:b], cols[a:b], area[a:b],
+                                     height * width, width))
     return out.view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
 
 
