@@ -68,6 +68,7 @@ def _from_torchvision_maskrcnn(tv_model: MaskRCNN) -> nn.Module:
                     for prefix in TRAINABLE_ORDER)
     options = dict(
         fpn_channels=tv_model.backbone.out_channels, frozen_bn=isinstance(body.bn1, FrozenBatchNorm2d),
+        bn_eps=body.bn1.eps,
         trainable_backbone_layers=trainable, min_size=transform.min_size, max_size=transform.max_size,
         image_mean=transform.image_mean, image_std=transform.image_std,
         anchor_sizes=rpn.anchor_generator.sizes, aspect_ratios=rpn.anchor_generator.aspect_ratios,
@@ -86,8 +87,4 @@ def _from_torchvision_maskrcnn(tv_model: MaskRCNN) -> nn.Module:
         box_positive_fraction=heads.fg_bg_sampler.positive_fraction, bbox_reg_weights=heads.box_coder.weights)
     model = models.create(f"maskrcnn_resnet{depth}_fpn", heads.box_predictor.cls_score.out_features, **options)
     model.load_state_dict(tv_model.state_dict(), strict=True)
-    theirs = dict(tv_model.named_modules())
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d)):
-            module.eps = theirs[name].eps
     return model.train(tv_model.training)

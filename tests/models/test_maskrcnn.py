@@ -375,3 +375,11 @@ def test_registry_lists_both_and_counts_torchvisions_parameters():
         == sum(p.numel() for p in tv_frozen.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="does not take"):
         models.create("maskrcnn_resnet18_fpn", 3, no_such_option=1)
+
+
+def test_bn_eps_option_sets_the_backbone_batch_norm_eps():
+    """Loading torchvision's COCO_V1 checkpoint from disk needs eps 0, as torchvision sets it."""
+    with torch.device("meta"):
+        model = models.create("maskrcnn_resnet18_fpn", 3, bn_eps=0.0)
+    eps = {m.eps for m in model.backbone.body.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))}
+    assert eps == {0.0}

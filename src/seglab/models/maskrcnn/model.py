@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ...backbones.fpn import BackboneWithFPN, resnet_fpn_backbone
 from ...ops import MultiScaleRoIAlign
@@ -122,14 +123,19 @@ def maskrcnn(backbone: BackboneWithFPN, num_classes: int, *, min_size: int | Seq
 
 
 def _maskrcnn_resnet_fpn(depth: int, num_classes: int, *, fpn_channels: int = 256,
-                         trainable_backbone_layers: int = 3, frozen_bn: bool = True,
+                         trainable_backbone_layers: int = 3, frozen_bn: bool = True, bn_eps: float | None = None,
                          weights_backbone: str | None = None, weights: str | None = None, **options) -> MaskRCNN:
     """``maskrcnn`` on ``resnet_fpn_backbone(depth)``; ``weights``: a seglab checkpoint or torchvision Mask R-CNN
     state dict on disk (strict). The backbone defaults are detection practice with ImageNet weights
     (torchvision's too): BatchNorm frozen, conv1 and layer1 frozen; from scratch, pass
-    ``frozen_bn=False, trainable_backbone_layers=5``."""
+    ``frozen_bn=False, trainable_backbone_layers=5``. ``bn_eps`` overrides the backbone BatchNorm eps:
+    torchvision's COCO_V1 Mask R-CNN checkpoint was trained with eps 0 (pass ``bn_eps=0.0`` with it)."""
     backbone = resnet_fpn_backbone(depth, out_channels=fpn_channels, trainable_layers=trainable_backbone_layers,
                                    frozen_bn=frozen_bn, weights_backbone=weights_backbone)
+    if bn_eps is not None:
+        for module in backbone.body.modules():
+            if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+                module.eps = bn_eps
     return load_weights(maskrcnn(backbone, num_classes, **options), weights)
 
 
