@@ -209,7 +209,8 @@ def draw_instances(image, boxes, labels, masks, classes, palette, scores=None, a
         return Image.fromarray(image.permute(1, 2, 0).numpy())
     colors = [tuple(int(c) for c in palette[int(label)]) for label in labels]
     drawn = draw_segmentation_masks(image, masks.cpu().bool(), alpha=alpha, colors=colors)
-    captions = [classes[int(label)] if scores is None else f"{classes[int(label)]} {float(score):.2f}"
-                for label, score in zip(labels, scores if scores is not None else labels)]
+    captions = [classes[int(label)] for label in labels]
+    if scores is not None:
+        captions = [f"{caption} {float(score):.2f}" for caption, score in zip(captions, scores)]
     drawn = draw_bounding_boxes(drawn, boxes.cpu().float(), labels=captions, colors=colors, width=1)
     return Image.fromarray(drawn.permute(1, 2, 0).numpy())

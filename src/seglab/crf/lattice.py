@@ -126,22 +126,24 @@ class PermutohedralLattice:
 
         # Blur neighbours along direction j: key -/+ 1 everywhere and +/- d at j (j = d moves only the
         # implicit last coordinate), i.e. remainder r -/+ 1 with q moved as below. A missing neighbour is
-        # the vertex itself with weight 0.
+        # the vertex itself with weight 0. Each direction is a bag (vertex, n1, n2) weighted (1, ½, ½).
         r = vertex_codes % (d + 1)
         everywhere = int(stride.sum())
         itself = torch.arange(num_vertices, device=device)
-        neighbours, present = [], []
+        index, weight = [], []
         for j in range(d + 1):
             at_j = strides[j] if j < d else 0
             lower = torch.where(r >= 1, vertex_codes - 1 + (d + 1) * at_j, vertex_codes + d + (d + 1) * (at_j - everywhere))
             upper = torch.where(r < d, vertex_codes + 1 - (d + 1) * at_j, vertex_codes - d + (d + 1) * (everywhere - at_j))
+            index.append(itself)
+            weight.append(torch.ones(num_vertices, device=device))
             for target in (lower, upper):
                 at = torch.searchsorted(vertex_codes, target).clamp_max(num_vertices - 1)
                 found = vertex_codes[at] == target
-                neighbours.append(torch.where(found, at, itself))
-                present.append(found)
-        self._neighbours = torch.stack(neighbours).view(d + 1, 2, num_vertices)
-        self._present = torch.stack(present).view(d + 1, 2, num_vertices)
+                index.append(torch.where(found, at, itself))
+                weight.append(0.5 * found.float())
+        self._blur_index = torch.stack(index, 1).view(num_vertices, d + 1, 3).transpose(0, 1).contiguous()
+        self._blur_weight = torch.stack(weight, 1).view(num_vertices, d + 1, 3).transpose(0, 1).contiguous()
         self.num_points, self.num_vertices, self.dim = batch * n, num_vertices, d
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))  # densecrf's output scaling of the blurred values
 
@@ -157,13 +159,8 @@ class PermutohedralLattice:
         slice_weight = self._slice_bary.to(dtype) * self.alpha
         if out_scale is not None:
             slice_weight = slice_weight * out_scale.to(dtype).reshape(-1, 1)
-        d1 = self.dim + 1
-        itself = torch.arange(self.num_vertices, device=self._neighbours.device)
-        blur_index = torch.stack([itself.expand(d1, -1), self._neighbours[:, 0], self._neighbours[:, 1]], 2)
-        ones = torch.ones(d1, self.num_vertices, dtype=dtype, device=itself.device)
-        blur_weight = torch.stack([ones, 0.5 * self._present[:, 0].to(dtype), 0.5 * self._present[:, 1].to(dtype)], 2)
-        return LatticeFilter(self._splat_point, self._splat_offsets, splat_weight, [blur_index], [blur_weight],
-                             self._slice_vertex, slice_weight)
+        return LatticeFilter(self._splat_point, self._splat_offsets, splat_weight, [self._blur_index],
+                             [self._blur_weight.to(dtype)], self._slice_vertex, slice_weight)
 
     def normalizer(self) -> Tensor:
         """(B*N,) filter response to a constant 1: ``K·1`` (each point's total kernel mass)."""

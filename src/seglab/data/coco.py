@@ -157,16 +157,32 @@ def _check_dataset(data: Any, ann_file: Path) -> None:
             annotation["area"] = float(mask_utils.area(rle))
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """The parsed JSON file ``path``; a missing file or invalid JSON raises an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from error
+
+
+def instance_annotations(masks: torch.Tensor, labels: Sequence[int], image_id: int, first_id: int) -> list[dict]:
+    """COCO annotations (compressed RLE, area, xywh bbox, not crowd) of one image's (K, H, W) binary masks,
+    with ids ``first_id, first_id + 1, …``; category id = label."""
+    rles = mask_utils.encode(np.asfortranarray(masks.numpy().astype(np.uint8).transpose(1, 2, 0)))
+    return [{"id": first_id + i, "image_id": image_id, "category_id": int(label),
+             "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+             "area": float(mask_utils.area(rle)), "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0}
+            for i, (rle, label) in enumerate(zip(rles, labels))]
+
+
 def load_coco(ann_file: str | Path) -> COCO:
     """A pycocotools ``COCO`` index of ``ann_file`` after checking it (see ``COCOInstances`` for the
     errors); pycocotools' progress prints are silenced."""
     ann_file = Path(ann_file)
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"COCO annotation file {ann_file} does not exist")
-    try:
-        data = json.loads(ann_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{ann_file}: not valid JSON: {error}") from error
+    data = read_json(ann_file, "COCO annotation file")
     _check_dataset(data, ann_file)
     coco = COCO()
     coco.dataset = data

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import pycocotools.mask as mask_utils
 from PIL import Image
 from tqdm import tqdm
 
+from seglab.data.coco import instance_annotations
 from seglab.data.shapes import CLASSES, DEFAULT_NUM_IMAGES, Shapes
 from seglab.viz import voc_palette
 
@@ -70,18 +70,8 @@ def _export_coco(root: Path, splits: Mapping[str, int], image_size: int, seed: i
             file_name = f"{image_id}.jpg"
             Image.fromarray(image).save(image_dir / file_name, quality=JPEG_QUALITY)
             images.append({"id": image_number, "file_name": file_name, "height": image_size, "width": image_size})
-            # pycocotools wants (H, W, N) Fortran-ordered uint8
-            rles = mask_utils.encode(np.asfortranarray(target["masks"].permute(1, 2, 0).numpy()))
-            for rle, label in zip(rles, target["labels"].tolist()):
-                annotations.append({
-                    "id": len(annotations) + 1,
-                    "image_id": image_number,
-                    "category_id": label,
-                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-                    "area": float(mask_utils.area(rle)),
-                    "bbox": mask_utils.toBbox(rle).tolist(),
-                    "iscrowd": 0,
-                })
+            annotations += instance_annotations(target["masks"], target["labels"].tolist(), image_number,
+                                                len(annotations) + 1)
         dataset = {"images": images, "annotations": annotations, "categories": categories}
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(dataset))
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..crf import dense_crf
+
 Size = int | Sequence[int]
 
 
@@ -127,7 +129,5 @@ def predict_labels(model: nn.Module, images_uint8: torch.Tensor, mean: Sequence[
     keywords), refined first by the dense CRF when ``crf`` holds ``seglab.crf.dense_crf`` keywords."""
     logits = infer_logits(model, images_uint8, mean, std, **inference)
     if crf is not None:
-        from ..crf import dense_crf
-
         logits = dense_crf(images_uint8, logits.float(), logits=True, **crf)  # probabilities; same argmax use
     return logits.argmax(1)

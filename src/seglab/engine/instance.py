@@ -6,17 +6,17 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-from pycocotools import mask as mask_utils
+from PIL import Image
 from pycocotools.coco import COCO
 from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
 from .. import viz
-from ..data.coco import collate_instances
+from ..data.coco import collate_instances, instance_annotations
 from ..metrics.coco import coco_results, evaluate_coco, format_coco_table
+from .predict import read_image
 
 MODEL_KEYS = ("boxes", "labels", "masks")  # what a detection model reads from a target
 
@@ -53,11 +53,7 @@ def ground_truth(dataset) -> tuple[COCO, dict[int, int], list[int]]:
         image, target = dataset[index]
         height, width = image.shape[-2:]
         images.append({"id": index + 1, "height": int(height), "width": int(width)})
-        masks = np.asfortranarray(target["masks"].numpy().astype(np.uint8).transpose(1, 2, 0))
-        for rle, label in zip(mask_utils.encode(masks), target["labels"].tolist()):
-            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": label,
-                                "segmentation": rle, "area": float(mask_utils.area(rle)),
-                                "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0})
+        annotations += instance_annotations(target["masks"], target["labels"].tolist(), index + 1, len(annotations) + 1)
     categories = [{"id": i, "name": name} for i, name in enumerate(dataset.classes) if i > 0]
     coco = COCO()
     coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
@@ -97,7 +93,7 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
 def instance_picture(image, target, prediction, classes, palette, score_threshold: float = 0.5):
     """[input, ground truth, prediction] PIL images of one sample (masks thresholded at 0.5)."""
     keep = prediction["scores"] >= score_threshold
-    return [viz.draw_instances(image, target["boxes"][:0], target["labels"][:0], target["masks"][:0], classes, palette),
+    return [Image.fromarray(image.permute(1, 2, 0).numpy()),
             viz.draw_instances(image, target["boxes"], target["labels"], target["masks"].bool(), classes, palette),
             viz.draw_instances(image, prediction["boxes"][keep], prediction["labels"][keep],
                                prediction["masks"][keep, 0] > 0.5, classes, palette, prediction["scores"][keep])]
@@ -119,8 +115,6 @@ def write_instance_report(metrics: dict, classes: Sequence[str], palette, visual
 def predict_instance_files(model: nn.Module, paths, out_dir: str | Path, score_threshold: float = 0.5) -> list[Path]:
     """For each image: ``<stem>_instances.png`` (masks, boxes, class and score drawn) and ``<stem>.json``
     (boxes xyxy in pixels, labels, class names, scores) of the detections scoring ≥ ``score_threshold``."""
-    from .predict import read_image
-
     meta, device = model.meta, next(model.parameters()).device
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from seglab.data.coco import load_coco
+from seglab.data.coco import load_coco, read_json
 
 # COCOeval.stats, in order (maxDets 100 unless named; s/m/l: area < 32², 32²..96², > 96² pixels)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -99,12 +99,7 @@ def write_coco_results(results: Iterable[Mapping[str, Any]], path: str | Path) -
 def _load_results(results: str | Path | Sequence[Mapping[str, Any]]) -> list[dict]:
     if isinstance(results, (str, Path)):
         path = Path(results)
-        if not path.is_file():
-            raise FileNotFoundError(f"COCO results file {path} does not exist")
-        try:
-            results = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: not valid JSON: {error}") from error
+        results = read_json(path, "COCO results file")
         if not isinstance(results, list):
             raise ValueError(f"{path}: expected a JSON list of result records, got {type(results).__name__}")
     return list(results)

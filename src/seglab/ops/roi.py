@@ -45,6 +45,11 @@ def _channels_last_table(input: Tensor) -> Tensor:
     return input.permute(0, 2, 3, 1).reshape(-1, input.shape[1])
 
 
+def _rois(input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+    """(K, 5) boxes in the input's dtype, detached: boxes get no gradient, as in torchvision."""
+    return convert_boxes_to_roi_format(boxes).detach().to(input.dtype)
+
+
 def _chunks(total: int, per_item: Tensor) -> list[tuple[int, int]]:
     """Split range(total) into consecutive chunks whose summed ``per_item`` stays under the budget."""
     if total == 0:
@@ -68,7 +73,7 @@ def _gather_rois(chunk_fn, table: Tensor, cost: Tensor, bins: int, chunk_args) -
     """
     k, channels = cost.numel(), table.shape[1]
     chunks = _chunks(k, cost)
-    if table.requires_grad and torch.is_grad_enabled():
+    if chunks and table.requires_grad and torch.is_grad_enabled():
         return torch.cat([torch.utils.checkpoint.checkpoint(chunk_fn, table, *chunk_args(first, last),
                                                             use_reentrant=False).view(last - first, bins, channels)
                           for first, last in chunks])
@@ -78,8 +83,7 @@ def _gather_rois(chunk_fn, table: Tensor, cost: Tensor, bins: int, chunk_args) -
     return out
 
 
-def _align_samples(rois: Tensor, height: int, width: int, pooled: tuple[int, int], spatial_scale: float,
-                   sampling_ratio: int, aligned: bool):
+def _align_samples(rois: Tensor, pooled: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool):
     """Per RoI: start (K, 2), bin size (K, 2) and sampling grid (K, 2) in (y, x), torchvision's arithmetic."""
     offset = 0.5 if aligned else 0.0
     start = rois[:, [2, 1]] * spatial_scale - offset
@@ -90,11 +94,11 @@ def _align_samples(rois: Tensor, height: int, width: int, pooled: tuple[int, int
     if sampling_ratio > 0:
         grid = torch.full_like(bins, sampling_ratio, dtype=torch.long)
     else:
-        grid = torch.ceil(size / torch.tensor(pooled, dtype=rois.dtype, device=rois.device)).long().clamp_min(0)
+        grid = torch.ceil(bins).long().clamp_min(0)  # no samples in a bin of negative size
     return start, bins, grid
 
 
-def _axis_taps(coord: Tensor, length: int) -> tuple[Tensor, Tensor, Tensor]:
+def _axis_taps(coord: Tensor, length: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """torchvision's bilinear rule along one axis: (low index, high index, weight of high) and validity."""
     valid = (coord >= -1.0) & (coord <= length)
     coord = coord.clamp_min(0.0)
@@ -116,19 +120,14 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_
     pixel centres line up (Detectron2); without it RoIs are at least 1×1. Samples beyond one pixel
     outside the map count as zero.
     """
-    rois = convert_boxes_to_roi_format(boxes).detach().to(input.dtype)
-    pooled_h, pooled_w = _pair(output_size)
-    n, channels, height, width = input.shape
-    k = rois.shape[0]
-    if k == 0:
-        return input.new_zeros(0, channels, pooled_h, pooled_w)
-    start, bins, grid = _align_samples(rois, height, width, (pooled_h, pooled_w), spatial_scale, sampling_ratio,
-                                       aligned)
+    rois, (pooled_h, pooled_w) = _rois(input, boxes), _pair(output_size)
+    channels, height, width = input.shape[1:]
+    start, bins, grid = _align_samples(rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned)
     image = rois[:, 0].long()
     out = _gather_rois(_align_chunk, _channels_last_table(input), grid[:, 0] * grid[:, 1] * pooled_h * pooled_w * 4,
                        pooled_h * pooled_w, lambda a, b: (image[a:b], start[a:b], bins[a:b], grid[a:b],
                                                           (height, width), (pooled_h, pooled_w)))
-    return out.view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
+    return out.view(-1, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
 
 
 def _align_chunk(table, image, start, bins, grid, size, pooled):
@@ -172,12 +171,8 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
     each bin spans ``floor(i·h/ph) .. ceil((i+1)·h/ph)`` of it, clipped to the map, and outputs its
     maximum (0 for a bin entirely outside).
     """
-    rois = convert_boxes_to_roi_format(boxes).detach().to(input.dtype)
-    pooled_h, pooled_w = _pair(output_size)
-    n, channels, height, width = input.shape
-    k = rois.shape[0]
-    if k == 0:
-        return input.new_zeros(0, channels, pooled_h, pooled_w)
+    rois, (pooled_h, pooled_w) = _rois(input, boxes), _pair(output_size)
+    channels, height, width = input.shape[1:]
     scaled = rois[:, 1:] * spatial_scale
     corner = (scaled.sign() * torch.floor(scaled.abs() + 0.5)).long()  # std::round
     start_x, start_y, end_x, end_y = corner.unbind(1)
@@ -192,7 +187,7 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
     out = _gather_rois(_pool_chunk, _channels_last_table(input), area.flatten(1).sum(1), pooled_h * pooled_w,
                        lambda a, b: (image[a:b], y0[a:b], x0[a:b], rows[a:b], cols[a:b], area[a:b],
                                      height * width, width))
-    return out.view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
+    return out.view(-1, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
 
 
 def _pool_bins(start: Tensor, length: Tensor, pooled: int, limit: int, dtype) -> tuple[Tensor, Tensor]:
