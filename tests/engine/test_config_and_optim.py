@@ -17,6 +17,13 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     assert load_config(tmp_path / "saved.yaml") == config
 
 
+def test_model_option_flags_merge_with_the_yaml_options(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_options: {fpn_channels: 128, mask_layers: [64, 64]}\n")
+    config = load_config(path, {"model_options": {"mask_layers": [32]}})
+    assert config.model_options == {"fpn_channels": 128, "mask_layers": [32]}
+
+
 def test_unknown_config_key_is_an_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("learning_rate: 0.1\n")

@@ -1,6 +1,8 @@
 """Mask R-CNN against torchvision: stage by stage on a converted ResNet-50-FPN (random weights, eval), training
 losses under the same seed on a small ResNet-18-FPN, and the pieces (anchors, matching, mask loss, pasting)
 against torchvision's own functions or a hand computation."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -383,3 +385,39 @@ def test_bn_eps_option_sets_the_backbone_batch_norm_eps():
         model = models.create("maskrcnn_resnet18_fpn", 3, bn_eps=0.0)
     eps = {m.eps for m in model.backbone.body.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))}
     assert eps == {0.0}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_stage_by_stage_and_trains(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 on both sides
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    check_device_matches_cpu(torch.device("cuda"))
+
+
+def check_device_matches_cpu(device):
+    """The small model on ``device`` against a CPU copy: features, box-head outputs and mask logits for the
+    same proposals, eval detections on the device, and a training step with gradients for every parameter."""
+    torch.manual_seed(12)
+    cpu = models.create("maskrcnn_resnet18_fpn", 4, **SMALL).eval()
+    other = copy.deepcopy(cpu).to(device)
+    generator = torch.Generator().manual_seed(13)
+    images = [torch.rand(3, 64, 64, generator=generator) for _ in range(2)]
+    with torch.no_grad():
+        batch, sizes, _ = cpu.transform(images)
+        features, other_features = cpu.backbone(batch), other.backbone(batch.to(device))
+        for name in features:
+            assert_close_scaled(other_features[name].cpu(), features[name], 1e-4)
+        proposals = [p[:50] for p in cpu.rpn(features, batch.shape[-2:], sizes)[0]]
+        other_proposals = [p.to(device) for p in proposals]
+        for ours, theirs in zip(other.roi_heads.box_predictions(other_features, other_proposals, sizes),
+                                cpu.roi_heads.box_predictions(features, proposals, sizes)):
+            assert_close_scaled(ours.cpu(), theirs, 1e-4)
+        assert_close_scaled(other.roi_heads.mask_logits(other_features, other_proposals, sizes).cpu(),
+                            cpu.roi_heads.mask_logits(features, proposals, sizes), 1e-4)
+        detections = other([image.to(device) for image in images])
+    assert all(d["masks"].device.type == device.type and d["masks"].shape[1:] == (1, 64, 64) for d in detections)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in random_targets(generator, [(64, 64)] * 2, 4, 2)]
+    losses = other.train()([image.to(device) for image in images], targets)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(p.grad is not None and p.grad.device.type == device.type for p in other.parameters())

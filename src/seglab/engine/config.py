@@ -78,14 +78,18 @@ class TrainConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults ← YAML file at ``path`` ← ``overrides`` (None values are ignored). Unknown keys are errors."""
+    """Defaults ← YAML file at ``path`` ← ``overrides`` (None values are ignored; ``model_options`` merge
+    key by key). Unknown keys are errors."""
     values: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         values.update(yaml.safe_load(path.read_text()) or {})
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "model_options" in overrides:
+        overrides["model_options"] = {**values.get("model_options", {}), **overrides["model_options"]}
+    values.update(overrides)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

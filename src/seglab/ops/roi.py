@@ -192,7 +192,9 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
 
 def _pool_bins(start: Tensor, length: Tensor, pooled: int, limit: int, dtype) -> tuple[Tensor, Tensor]:
     """Bin edges along one axis (torchvision's float arithmetic), clipped to [0, limit]."""
-    bin_size = length.to(dtype) / pooled
+    # A tensor divisor: CUDA divides by a Python scalar as a multiplication by its reciprocal, which can
+    # move a bin edge by one pixel against torchvision's true division.
+    bin_size = length.to(dtype) / torch.full_like(length, pooled, dtype=dtype)
     index = torch.arange(pooled, device=start.device, dtype=dtype)
     lo = torch.floor(index * bin_size[:, None]).long() + start[:, None]
     hi = torch.ceil((index + 1) * bin_size[:, None]).long() + start[:, None]
