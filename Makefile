@@ -24,6 +24,7 @@ bench: $(BIN)/seglab
 	$(BIN)/python benchmarks/crf.py
 	$(BIN)/python benchmarks/roi.py
 	$(BIN)/python benchmarks/instance.py
+	$(BIN)/python benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -51,17 +52,69 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkey
     calls = {"n": 0}
     real_loss = train_module.semantic_loss
 
-    def loss_turning_nan(outputs, masks):
+    def loss_turning_nan(outputs, masks, **options):
         calls["n"] += 1
-        loss = real_loss(outputs, masks)
+        loss = real_loss(outputs, masks, **options)
         return loss * float("nan") if calls["n"] == 5 else loss
 
     monkeypatch.setattr(train_module, "semantic_loss", loss_turning_nan)
     config = tiny_config(tmp_path, iters=8, ckpt_every=2, val_split=None)
-    with pytest.raises(FloatingPointError, match="step 5.*last.pt"):
+    with pytest.raises(FloatingPointError, match="loss nan at step 5.*last.pt.*--skip-nonfinite"):
         train(config)
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     assert checkpoint["step"] == 4
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def poison_gradient_at(monkeypatch, call: int) -> None:
+    """Make the first parameter's gradient infinite in the ``call``-th backward pass of a Trainer."""
+    real_init = Trainer.__init__
+    calls = {"n": 0}
+
+    def poison(grad):
+        calls["n"] += 1
+        return grad * float("inf") if calls["n"] == call else grad
+
+    def init(self, config):
+        real_init(self, config)
+        next(self.model.parameters()).register_hook(poison)
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+
+
+def test_nonfinite_gradient_stops_training_and_no_nan_checkpoint_is_written(tmp_path, monkeypatch):
+    poison_gradient_at(monkeypatch, 3)
+    with pytest.raises(FloatingPointError, match="non-finite gradient at step 3"):
+        train(tiny_config(tmp_path, iters=8, ckpt_every=2, val_split=None))
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["step"] == 2
+
+
+def test_skip_nonfinite_skips_the_step_and_keeps_training(tmp_path, monkeypatch):
+    poison_gradient_at(monkeypatch, 3)
+    train(tiny_config(tmp_path, iters=6, ckpt_every=2, val_split=None, skip_nonfinite=True))
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["step"] == 6 and checkpoint["skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(s["momentum_buffer"]).all() for s in checkpoint["optimizer"]["state"].values())
+
+
+def test_accumulating_two_half_batches_equals_one_full_batch(tmp_path):
+    common = dict(val_split=None, iters=3, ckpt_every=0, model_options={"padding": "same", "dropout": 0.0},
+                  batch_norm=False, num_train=16)
+    train(tiny_config(tmp_path, out=str(tmp_path / "full"), batch_size=8, **common))
+    train(tiny_config(tmp_path, out=str(tmp_path / "accumulated"), batch_size=4, accumulate=2, **common))
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "accumulated" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+
+
+def test_amp_step_runs_in_bfloat16_on_cpu_and_stays_finite(tmp_path):
+    train(tiny_config(tmp_path, iters=2, ckpt_every=0, val_split=None, amp=True))
+    log = read_log(tmp_path / "run")
+    assert len(log) == 2 and all(math.isfinite(r["loss"]) for r in log)
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
 
 

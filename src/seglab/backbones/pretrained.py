@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from ..io import safe_load
+
 
 def freeze_batch_norm(module: nn.Module) -> nn.Module:
     """Return ``module`` with every ``BatchNorm2d`` replaced by a ``FrozenBatchNorm2d`` holding its
@@ -30,7 +32,7 @@ def load_torchvision_weights(backbone: nn.Module, path: str) -> None:
     place for: VGG's fc8, ResNet's fc) are dropped; every other key must match (strict), so a wrong
     architecture or width fails loudly.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_load(path)
     state = {k: v for k, v in state.items() if not k.startswith(backbone.classifier_prefixes)}
     backbone.load_state_dict(state, strict=True)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import safe_load
+
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
@@ -33,10 +35,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint on the CPU with the safe (tensors and plain types only) unpickler."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return safe_load(path)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

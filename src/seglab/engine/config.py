@@ -19,6 +19,7 @@ class TrainConfig:
     batch_norm: bool | None = None  # VGG models: BatchNorm after each conv (None: the model's default)
     model_options: dict = field(default_factory=dict)  # any other builder option, e.g. {padding: same}
     backbone_weights: str | None = None  # torchvision classification state dict on disk
+    weights: str | None = None  # start from these weights (a seglab checkpoint or state dict on disk)
     frozen_bn: bool = False  # replace BatchNorm by FrozenBatchNorm2d (stated in the log)
     # data
     data: str = "shapes"
@@ -35,7 +36,7 @@ class TrainConfig:
     # optimisation
     iters: int = 1000
     epochs: int | None = None  # overrides iters when set
-    batch_size: int = 8
+    batch_size: int = 8  # per process (torchrun: the global batch is batch_size × processes × accumulate)
     optimizer: str = "sgd"  # sgd (momentum) | adamw
     lr: float = 0.01
     momentum: float = 0.9
@@ -45,6 +46,9 @@ class TrainConfig:
     step_size: int | None = None  # step schedule: decay every step_size iters (default iters // 3)
     step_gamma: float = 0.1
     warmup: int = 0  # linear warm-up iterations
+    accumulate: int = 1  # micro-batches per optimiser step (gradient accumulation): batch = batch_size × this
+    skip_nonfinite: bool = False  # skip a step whose loss or gradient is NaN/inf instead of stopping
+    sync_bn: bool = False  # SyncBatchNorm across processes (torchrun on CUDA only)
     amp: bool = False  # autocast: bfloat16 on CPU, float16 (with gradient scaling) on CUDA
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent CPUs and GPUs)
     seed: int = 0
@@ -69,6 +73,8 @@ class TrainConfig:
             options["batch_norm"] = self.batch_norm
         if self.backbone_weights:
             options["weights_backbone"] = self.backbone_weights
+        if self.weights:
+            options["weights"] = self.weights
         return options
 
     def to_dict(self) -> dict:

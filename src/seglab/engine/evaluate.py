@@ -7,10 +7,11 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .. import viz
+from . import distributed
 from ..metrics import SegmentationMetrics, format_table
 from .inference import Size, predict_labels
 
@@ -37,13 +38,15 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mean: Sequenc
     the default is whole-image inference. ``crf``: ``dense_crf`` keywords to refine each prediction.
 
     Returns ``(result, visuals)``: the ``SegmentationMetrics.compute()`` dict and up to ``num_visuals``
-    tuples ``(image uint8 (3,H,W), target (H,W), prediction (H,W))`` for the overlay grid.
+    tuples ``(image uint8 (3,H,W), target (H,W), prediction (H,W))`` for the overlay grid. Under torchrun
+    each process evaluates its own shard and the confusion matrix is summed over the processes.
     """
     was_training = model.training
     model.eval()
     metrics = SegmentationMetrics(num_classes)
     visuals = []
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    shard = Subset(dataset, distributed.shard_indices(len(dataset)))
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
         for group in _same_size_groups(batch):
             images = torch.stack([image for image, _ in group])
@@ -55,7 +58,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mean: Sequenc
                 if len(visuals) < num_visuals:
                     visuals.append((image, target, pred))
     model.train(was_training)
-    return metrics.compute(), visuals
+    return metrics.compute(), visuals  # compute() sums the confusion matrices of all processes
 
 
 def write_report(result: dict, classes: Sequence[str], palette, visuals, out_dir: str | Path) -> str:

@@ -14,6 +14,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from .. import viz
+from . import distributed
 from ..data.coco import collate_instances, instance_annotations
 from ..metrics.coco import coco_results, evaluate_coco, format_coco_table
 from .predict import read_image
@@ -66,14 +67,16 @@ def evaluate_instances(model: nn.Module, dataset, num_visuals: int = 8, progress
     """COCO box and mask AP of ``model`` over ``dataset`` (uint8 images, no transforms).
 
     Returns ``(metrics, visuals)``: ``{"bbox": {AP, AP50, ...}, "segm": {...}}`` from COCOeval and up to
-    ``num_visuals`` tuples ``(image, target, prediction)`` for the picture grid.
+    ``num_visuals`` tuples ``(image, target, prediction)`` for the picture grid. Under torchrun each
+    process predicts its own shard; rank 0 scores all of them and shares the metrics.
     """
     coco, label_to_category, image_ids = ground_truth(dataset)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     predictions, visuals = [], []
-    for index in tqdm(range(len(dataset)), desc="eval", disable=not progress, leave=False):
+    indices = distributed.shard_indices(len(dataset))
+    for index in tqdm(indices, desc="eval", disable=not progress, leave=False):
         image, target = dataset[index]
         prediction = model([image.to(device).float() / 255])[0]
         prediction = {key: value.cpu() for key, value in prediction.items()}
@@ -81,8 +84,8 @@ def evaluate_instances(model: nn.Module, dataset, num_visuals: int = 8, progress
         if len(visuals) < num_visuals:
             visuals.append((image, target, prediction))
     model.train(was_training)
-    results = coco_results(predictions, image_ids, label_to_category)
-    return evaluate_coco(coco, results), visuals
+    results = distributed.gather_to_main(coco_results(predictions, [image_ids[i] for i in indices], label_to_category))
+    return distributed.broadcast_from_main(evaluate_coco(coco, results) if results is not None else None), visuals
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:

@@ -16,24 +16,31 @@ from torch.utils.data import Dataset
 class EpochBatchSampler:
     """Endless batches of ``(epoch, index)`` keys, dropping each epoch's last incomplete batch.
 
+    Under data parallelism the epoch is cut into global batches of ``batch_size × num_replicas`` and
+    replica ``rank`` takes slice ``rank`` of each: the replicas together see exactly the batches that a
+    single process with the combined batch size would see, for any number of replicas.
+
     Args:
         num_samples: dataset length.
-        batch_size: samples per batch (≤ ``num_samples``).
+        batch_size: samples per batch and replica (× ``num_replicas`` ≤ ``num_samples``).
         seed: base seed of the permutations.
         start: ``(epoch, batch)`` to start from (as returned by ``position(step)``).
         groups: optional group id per sample (e.g. ``data.aspect_ratio_groups``): every batch then holds
             one group only, as detection training groups images by aspect ratio; each group drops its
             own incomplete batch and the epoch's batches are shuffled.
+        rank, num_replicas: this replica and the number of replicas (torchrun's rank and world size).
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, start: tuple[int, int] = (0, 0),
-                 groups: Sequence[int] | None = None):
-        if batch_size > num_samples:
-            raise ValueError(f"batch size {batch_size} exceeds the {num_samples} training samples")
-        self.num_samples, self.batch_size, self.seed, self.start = num_samples, batch_size, seed, start
+                 groups: Sequence[int] | None = None, rank: int = 0, num_replicas: int = 1):
+        if batch_size * num_replicas > num_samples:
+            raise ValueError(f"batch size {batch_size} × {num_replicas} processes exceeds the {num_samples} "
+                             f"training samples")
+        self.num_samples, self.seed, self.start = num_samples, seed, start
+        self.batch_size, self.local_batch, self.rank = batch_size * num_replicas, batch_size, rank  # global, own
         self.groups = None if groups is None else torch.as_tensor(groups)
         if self.groups is not None and self.batches_per_epoch == 0:
-            raise ValueError(f"no aspect-ratio group holds a batch of {batch_size} samples")
+            raise ValueError(f"no aspect-ratio group holds a batch of {self.batch_size} samples")
 
     @property
     def batches_per_epoch(self) -> int:
@@ -62,7 +69,8 @@ class EpochBatchSampler:
         epoch, batch = self.start
         while True:
             for chunk in self._epoch(epoch)[batch:]:
-                yield [(epoch, int(i)) for i in chunk]
+                mine = chunk[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+                yield [(epoch, int(i)) for i in mine]
             epoch, batch = epoch + 1, 0
 
 

@@ -1,23 +1,33 @@
 """The training loop: data → model → loss → optimiser step, with validation, best/last checkpoints,
-exact resume, and a stop on a non-finite loss. Semantic models train with cross-entropy (ignore 255)
-and validate by mIoU; instance models (torchvision's detection I/O) train on their own loss dict and
-validate by COCO mask AP (``engine.instance``)."""
+exact resume, gradient accumulation, mixed precision, a stop (or skip) on a non-finite loss or gradient,
+and a clean stop with a checkpoint on SIGINT/SIGTERM. Semantic models train with cross-entropy (ignore
+255) and validate by mIoU; instance models (torchvision's detection I/O) train on their own loss dict and
+validate by COCO mask AP (``engine.instance``).
+
+Under torchrun the same loop runs data-parallel (``engine.distributed``): DistributedDataParallel, each
+process a slice of every global batch, the cross-entropy normalised by the global count of labelled
+pixels (so N processes give the weights of one process with the N-times batch), metrics reduced across
+processes, and only rank 0 writing logs, plots and checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torchvision.ops.misc import FrozenBatchNorm2d
 from tqdm import tqdm
 
 from .. import data, viz
+from . import distributed
 from ..data.coco import aspect_ratio_groups
 from ..models import create, entry
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -51,12 +61,21 @@ def collate_semantic(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
-def semantic_loss(outputs: dict, masks: torch.Tensor, aux_weight: float = 0.4) -> torch.Tensor:
-    """Pixel-wise cross-entropy ignoring label 255, plus ``aux_weight`` × the auxiliary head's loss."""
-    loss = F.cross_entropy(outputs["out"].float(), masks, ignore_index=IGNORE_INDEX)
+def semantic_loss(outputs: dict, masks: torch.Tensor, aux_weight: float = 0.4,
+                  normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Pixel-wise cross-entropy ignoring label 255, plus ``aux_weight`` × the auxiliary head's loss:
+    the per-pixel losses summed and divided by ``normalizer`` (default: this batch's labelled pixels,
+    i.e. the mean; data parallelism and accumulation pass the count over all their batches)."""
+    if normalizer is None:
+        normalizer = (masks != IGNORE_INDEX).sum().clamp_min(1)
+
+    def summed(logits):
+        return F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+
+    loss = summed(outputs["out"])
     if "aux" in outputs:
-        loss = loss + aux_weight * F.cross_entropy(outputs["aux"].float(), masks, ignore_index=IGNORE_INDEX)
-    return loss
+        loss = loss + aux_weight * summed(outputs["aux"])
+    return loss / normalizer
 
 
 def build_datasets(config: TrainConfig):
@@ -79,10 +98,14 @@ class Trainer:
     """Holds the state of one run directory; ``run()`` trains to ``config.iters`` (or ``stop_at``)."""
 
     def __init__(self, config: TrainConfig):
+        if config.accumulate < 1:
+            raise ValueError(f"accumulate must be >= 1, got {config.accumulate}")
         self.config = config
         self.out = Path(config.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(config.device)
+        self.device = distributed.setup(resolve_device(config.device))
+        self.main = distributed.is_main()
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed)
         self.train_set, self.val_set, self.num_classes = build_datasets(config)
         self.task = entry(config.model).task
@@ -92,36 +115,61 @@ class Trainer:
         self.model.to(memory_format=self.memory_format)
         if config.frozen_bn:
             frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in self.model.modules())
-            tqdm.write(f"seglab: {frozen} BatchNorm layers frozen (FrozenBatchNorm2d: fixed statistics and affine)")
-        self.batches_per_epoch = len(self.train_set) // config.batch_size
+            self._say(f"seglab: {frozen} BatchNorm layers frozen (FrozenBatchNorm2d: fixed statistics and affine)")
+        self.trained = self._parallel(self.model)  # what the loop calls: the model, or its DDP wrapper
+        world = distributed.world_size()
+        self.batches_per_epoch = len(self.train_set) // (config.batch_size * world * config.accumulate)
         self.total = config.epochs * self.batches_per_epoch if config.epochs else config.iters
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, self.total, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
-        self.step, self.best = 0, -float("inf")
+        self.step, self.best, self.skipped = 0, -float("inf"), 0
+        self.stop_requested = False
         self.meta = {
-            "model": config.model, "options": config.model_kwargs() | {"weights_backbone": None},
+            "model": config.model,
+            "options": config.model_kwargs() | {"weights_backbone": None, "weights": None},
             "num_classes": self.num_classes, "classes": list(self.train_set.classes)[:self.num_classes],
             "palette": [list(c) for c in self.train_set.palette], "mean": list(data.IMAGENET_MEAN),
             "std": list(data.IMAGENET_STD), "task": self.task,
         }
-        if config.resume:
+        if config.resume or distributed.restarted():  # torchrun restarted the group after a failure
             self._resume()
-        save_config(config, self.out / "config.yaml")
+        if self.main:
+            save_config(config, self.out / "config.yaml")
+
+    def _parallel(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` wrapped in DistributedDataParallel under torchrun (SyncBatchNorm first if asked)."""
+        if self.config.sync_bn:
+            if not (distributed.active() and self.device.type == "cuda"):
+                raise ValueError("sync_bn needs torchrun on CUDA devices (SyncBatchNorm reduces through NCCL)")
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.model = model
+        if not distributed.active():
+            return model
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def _say(self, message: str) -> None:
+        if self.main:
+            tqdm.write(message)
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state(self) -> dict:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
-            "step": self.step, "epoch": self.step // self.batches_per_epoch, "best": self.best,
-            "config": self.config.to_dict(), "meta": self.meta,
+            "step": self.step, "epoch": self.step // max(self.batches_per_epoch, 1), "best": self.best,
+            "skipped": self.skipped, "config": self.config.to_dict(), "meta": self.meta,
         }
+
+    def save(self, name: str) -> None:
+        """Write ``name`` (``last.pt`` / ``best.pt``) in the run directory: rank 0 only, atomically."""
+        if self.main:
+            save_checkpoint(self.state(), self.out / name)
 
     def _resume(self) -> None:
         path = self.out / "last.pt"
         if not path.is_file():
-            tqdm.write(f"seglab: --resume: no checkpoint at {path}, starting from scratch")
+            self._say(f"seglab: --resume: no checkpoint at {path}, starting from scratch")
             return
         checkpoint = load_checkpoint(path)
         self.model.load_state_dict(checkpoint["model"])
@@ -129,8 +177,8 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
-        self.step, self.best = checkpoint["step"], checkpoint["best"]
-        tqdm.write(f"seglab: resumed from {path} at step {self.step}")
+        self.step, self.best, self.skipped = checkpoint["step"], checkpoint["best"], checkpoint.get("skipped", 0)
+        self._say(f"seglab: resumed from {path} at step {self.step}")
 
     # -- loop ------------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -142,8 +190,9 @@ class Trainer:
             transforms = data.train_transforms(config.crop_size or config.image_size,
                                                scale_range=config.scale_range, hflip=config.hflip)
             collate, groups = collate_semantic, None
-        sampler = EpochBatchSampler(len(self.train_set), config.batch_size, config.seed, groups=groups)
-        sampler.start = sampler.position(self.step)
+        sampler = EpochBatchSampler(len(self.train_set), config.batch_size, config.seed, groups=groups,
+                                    rank=distributed.rank(), num_replicas=distributed.world_size())
+        sampler.start = sampler.position(self.step * config.accumulate)
         dataset = SeededTransforms(self.train_set, transforms, config.seed)
         # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run
         # would see different dropout masks than a straight one.
@@ -152,15 +201,17 @@ class Trainer:
                           generator=torch.Generator().manual_seed(config.seed))
 
     def _log(self, record: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def validate(self) -> dict:
         if self.task == "instance":
-            result, visuals = evaluate_instances(self.model, self.val_set)
+            result, visuals = evaluate_instances(self.model, self.val_set, progress=self.main)
             summary = flat_metrics(result)
         else:
-            result, visuals = evaluate(self.model, self.val_set, self.num_classes, self.meta["mean"], self.meta["std"])
+            result, visuals = evaluate(self.model, self.val_set, self.num_classes, self.meta["mean"],
+                                       self.meta["std"], progress=self.main)
             summary = {k: result[k] for k in ("pixel_acc", "mean_acc", "miou", "fwiou")}
         self._log({"step": self.step, **{f"val/{k}": v for k, v in summary.items()}})
         if self.best_metric not in summary:
@@ -168,61 +219,129 @@ class Trainer:
         metric = summary[self.best_metric]
         if metric > self.best:
             self.best = metric
-            save_checkpoint(self.state(), self.out / "best.pt")
+            self.save("best.pt")
         self.last_result, self.last_visuals = result, visuals
         return result
 
+    def _loss(self, images, targets, normalizer) -> torch.Tensor:
+        """The loss of one micro-batch, scaled so that the gradients summed over the micro-batches (and
+        averaged over processes by DDP) are those of the whole global batch."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16 if self.device.type == "cpu" else torch.float16,
+                            enabled=self.config.amp):
+            if self.task == "instance":
+                return instance_loss(self.trained, images, targets, self.device) / self.config.accumulate
+            images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
+            return semantic_loss(self.trained(images), targets.to(self.device, non_blocking=True),
+                                 normalizer=normalizer)
+
+    def train_step(self, micro_batches: list) -> tuple[float, bool]:
+        """Forward and backward over the micro-batches of one step; returns (the loss of the global
+        batch, whether loss and gradients are finite). Also agrees on a stop request across processes."""
+        normalizer = None
+        if self.task == "semantic":  # labelled pixels of the global batch, over the processes' world size
+            valid = sum((masks != IGNORE_INDEX).sum() for _, masks in micro_batches).to(self.device, torch.float64)
+            normalizer = (distributed.all_reduce_sum(valid).clamp_min(1) / distributed.world_size()).float()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for index, (images, targets) in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            no_sync = self.trained.no_sync() if self.trained is not self.model and not last else contextlib.nullcontext()
+            with no_sync:
+                loss = self._loss(images, targets, normalizer)
+                self.scaler.scale(loss).backward()
+            total += loss.detach().float()
+        stats = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(self.stop_requested), device=self.device)]))
+        loss_value, stop = stats.tolist()  # the one host sync per step
+        self.stop_requested = stop > 0
+        loss_value /= distributed.world_size()
+        return loss_value, math.isfinite(loss_value) and self._gradients_finite()
+
+    def _gradients_finite(self) -> bool:
+        """Whether every gradient is finite (after DDP's all-reduce: the same answer on every process).
+        With fp16 gradient scaling the scaler checks instead (and skips such steps itself)."""
+        if self.scaler.is_enabled():
+            return True
+        norms = [torch.linalg.vector_norm(p.grad) for p in self.model.parameters() if p.grad is not None]
+        return not norms or bool(torch.isfinite(torch.stack(norms)).all())
+
+    def _nonfinite(self, loss_value: float) -> None:
+        """Skip the step (``skip_nonfinite``) or stop training with the last good checkpoint intact."""
+        what = f"loss {loss_value}" if not math.isfinite(loss_value) else "a non-finite gradient"
+        if not self.config.skip_nonfinite:
+            raise FloatingPointError(
+                f"{what} at step {self.step + 1}: training stopped. The last good checkpoint "
+                f"{self.out / 'last.pt'} is left intact; lower the learning rate, check the data, or pass "
+                f"--skip-nonfinite to skip such steps.")
+        self.skipped += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        self._say(f"seglab: {what} at step {self.step + 1}: step skipped ({self.skipped} so far)")
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT/SIGTERM ask the loop to stop after the current step (with a checkpoint)."""
+        def request(signum, frame):
+            self.stop_requested = True
+
+        handlers = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
     def run(self) -> dict | None:
-        """Train until ``config.iters`` (or ``stop_at``); returns the last validation result, if any."""
-        config, model = self.config, self.model
+        """Train until ``config.iters`` (or ``stop_at``, or a SIGINT/SIGTERM); returns the last validation
+        result, if any."""
+        config = self.config
         end = min(self.total, config.stop_at) if config.stop_at else self.total
-        autocast_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        model.train()
+        self.trained.train()
         batches = iter(self._loader())
-        progress = tqdm(total=end, initial=self.step, desc="train", unit="it", dynamic_ncols=True)
+        progress = tqdm(total=end, initial=self.step, desc="train", unit="it", dynamic_ncols=True,
+                        disable=not self.main)
         result, started = None, time.perf_counter()
-        while self.step < end:
-            images, targets = next(batches)
-            with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=config.amp):
-                if self.task == "instance":
-                    loss = instance_loss(model, images, targets, self.device)
+        with self._stop_on_signals():
+            while self.step < end and not self.stop_requested:
+                loss_value, finite = self.train_step([next(batches) for _ in range(config.accumulate)])
+                if finite:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
                 else:
-                    images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
-                    loss = semantic_loss(model(images), targets.to(self.device, non_blocking=True))
-            loss_value = loss.item()  # the one host sync per step
-            if not math.isfinite(loss_value):
-                progress.close()
-                raise FloatingPointError(
-                    f"loss is {loss_value} at step {self.step + 1}: training stopped. The last good checkpoint "
-                    f"{self.out / 'last.pt'} is left intact; lower the learning rate or check the data.")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            self.step += 1
-            lr = self.optimizer.param_groups[0]["lr"]
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            if self.step % config.log_every == 0 or self.step == end:
-                self._log({"step": self.step, "loss": loss_value, "lr": lr,
-                           "time": round(time.perf_counter() - started, 2)})
-            if config.val_every and self.step % config.val_every == 0 and self.val_set is not None:
-                result = self.validate()
-            if config.ckpt_every and self.step % config.ckpt_every == 0 and self.step < end:
-                save_checkpoint(self.state(), self.out / "last.pt")
+                    self._nonfinite(loss_value)
+                self.scheduler.step()
+                self.step += 1
+                lr = self.optimizer.param_groups[0]["lr"]
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                if self.step % config.log_every == 0 or self.step == end:
+                    self._log({"step": self.step, "loss": loss_value, "lr": lr,
+                               "time": round(time.perf_counter() - started, 2)})
+                if config.val_every and self.step % config.val_every == 0 and self.val_set is not None:
+                    result = self.validate()
+                if config.ckpt_every and self.step % config.ckpt_every == 0 and self.step < end:
+                    self.save("last.pt")
         progress.close()
+        if self.stop_requested:
+            self.save("last.pt")
+            self._say(f"seglab: stopped by a signal at step {self.step}; {self.out / 'last.pt'} saved, "
+                      f"continue with --resume")
+            return result
         validated_last_step = config.val_every and self.step % config.val_every == 0
         if self.step >= self.total and self.val_set is not None and not validated_last_step:
             result = self.validate()
-        save_checkpoint(self.state(), self.out / "last.pt")  # once at the end, after the final validation
-        viz.plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
-        if result is not None:
-            report = write_instance_report if self.task == "instance" else write_report
-            tqdm.write(report(result, self.meta["classes"], self.meta["palette"], self.last_visuals, self.out / "eval"))
+        self.save("last.pt")  # once at the end, after the final validation
+        if self.main:
+            viz.plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+            if result is not None:
+                report = write_instance_report if self.task == "instance" else write_report
+                tqdm.write(report(result, self.meta["classes"], self.meta["palette"], self.last_visuals,
+                                  self.out / "eval"))
         return result
 
 
 def train(config: TrainConfig) -> dict | None:
-    """Train as ``config`` says; the run directory ``config.out`` receives config, logs, checkpoints, plots."""
-    return Trainer(config).run()
+    """Train as ``config`` says; the run directory ``config.out`` receives config, logs, checkpoints, plots.
+    Under torchrun every process calls this; the process group is left when it returns."""
+    try:
+        return Trainer(config).run()
+    finally:
+        distributed.cleanup()

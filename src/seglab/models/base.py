@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import ResNet, prepare_backbone
+from ..io import safe_load
 
 
 class SegmentationModel(nn.Module):
@@ -45,6 +46,6 @@ def resnet_backbone(depth: int, *, output_stride: int, multi_grid=None, width_mu
 def load_weights(model: nn.Module, path: str | None) -> nn.Module:
     """Load a seglab checkpoint (its ``"model"``) or a plain state dict from disk, weights_only, strict."""
     if path is not None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_load(path)
         model.load_state_dict(state.get("model", state))
     return model

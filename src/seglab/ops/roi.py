@@ -4,9 +4,9 @@ and semantics (border rules, adaptive sampling, the ``aligned`` half-pixel offse
 Both are weighted gathers over the feature map laid out channels-last, (N·H·W, C): every output bin
 is one bag of ``F.embedding_bag`` — the mean of bilinear samples for RoIAlign (each sample a weighted
 sum of 4 pixels), the max over the bin's pixels for RoIPool. Autograd gives the input gradient (boxes
-get none, as in torchvision). RoIs are processed in chunks; under autograd each chunk is checkpointed
-(its gather indices rebuilt in backward), so the extra memory is one channels-last copy of the input
-plus one chunk, whatever the number of boxes.
+get none, as in torchvision). RoIs are processed in chunks of bounded size; under autograd each of
+several chunks is checkpointed (its gather indices rebuilt in backward), so the extra memory is one
+channels-last copy of the input plus one chunk, whatever the number of boxes.
 """
 from __future__ import annotations
 
@@ -68,11 +68,14 @@ def _chunks(total: int, per_item: Tensor) -> list[tuple[int, int]]:
 def _gather_rois(chunk_fn, table: Tensor, cost: Tensor, bins: int, chunk_args) -> Tensor:
     """(K, bins, C): ``chunk_fn(table, *chunk_args(first, last))`` over chunks of RoIs bounded by ``cost``.
 
-    Under autograd each chunk is checkpointed (its gather indices are rebuilt in backward rather than
-    kept) and the chunks are concatenated; without it they are written into one preallocated output.
+    A single chunk is gathered directly. Under autograd several chunks are each checkpointed (their
+    gather indices are rebuilt in backward rather than kept) and concatenated; without autograd they
+    are written into one preallocated output.
     """
     k, channels = cost.numel(), table.shape[1]
     chunks = _chunks(k, cost)
+    if len(chunks) == 1:
+        return chunk_fn(table, *chunk_args(0, k)).view(k, bins, channels)
     if chunks and table.requires_grad and torch.is_grad_enabled():
         return torch.cat([torch.utils.checkpoint.checkpoint(chunk_fn, table, *chunk_args(first, last),
                                                             use_reentrant=False).view(last - first, bins, channels)
@@ -292,11 +295,11 @@ class MultiScaleRoIAlign(nn.Module):
             return self._pool(maps[0], rois, scales[0])
         k_min, k_max = round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
         levels = fpn_levels(rois[:, 1:], k_min, k_max, self.canonical_scale, self.canonical_level)
-        result = maps[0].new_zeros(rois.shape[0], maps[0].shape[1], *self.output_size)
-        for level, (feature, scale) in enumerate(zip(maps, scales)):
-            chosen = torch.where(levels == level)[0]
-            result[chosen] = self._pool(feature, rois[chosen], scale).to(result.dtype)
-        return result
+        order = torch.argsort(levels, stable=True)  # RoIs grouped by level, pooled level by level
+        counts = torch.bincount(levels, minlength=len(maps)).tolist()
+        pooled = [self._pool(feature, level_rois, scale)
+                  for feature, scale, level_rois in zip(maps, scales, rois[order].split(counts))]
+        return torch.cat(pooled)[torch.argsort(order)]  # back in the boxes' order
 
 
 def _infer_scale(feature: Tensor, original: tuple[int, int]) -> float:
