@@ -28,9 +28,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         flag, kind = "--" + field.name.replace("_", "-"), _field_type(hints[field.name])
-        if field.name == "model_options":
-            parser.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
-                                help="any other model option (value parsed as YAML), repeatable")
+        if field.name in ("model_options", "data_options"):
+            what = field.name.split("_")[0]
+            parser.add_argument(f"--{what}-option", dest=field.name, action="append", metavar="KEY=VALUE",
+                                help=f"a {what} option (value parsed as YAML), repeatable")
         elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(kind) is tuple:
@@ -43,18 +44,24 @@ def _config_from_args(args: argparse.Namespace):
     from .engine.config import load_config
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    if args.model_options:
-        overrides["model_options"] = _model_options(args)
+    for key in ("model_options", "data_options"):
+        if overrides[key]:
+            overrides[key] = _key_values(overrides[key])
     return load_config(args.config, overrides)
 
 
 def _model_options(args) -> dict:
-    """``--model-option KEY=VALUE`` flags as a dict, values parsed as YAML (``8``, ``[1, 2, 4]``, ``true``)."""
+    """``--model-option KEY=VALUE`` flags as a dict."""
+    return _key_values(args.model_options or [])
+
+
+def _key_values(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as a dict, values parsed as YAML (``8``, ``[1, 2, 4]``, ``true``)."""
     options = {}
-    for item in args.model_options or []:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--model-option expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"--model-option / --data-option expects KEY=VALUE, got {item!r}")
         options[key] = yaml.safe_load(value)
     return options
 
@@ -194,11 +201,14 @@ def cmd_predict(args) -> None:
     if _is_instance(args, model.meta):
         from .engine.instance import predict_instance_files
 
+        if args.format != "palette":
+            raise ValueError(f"--format {args.format} applies to semantic models only")
         written = predict_instance_files(model, args.images, args.out, args.score_threshold)
         print(f"wrote {len(written)} drawings (<stem>_instances.png) and detections (<stem>.json) to {args.out}")
         return
-    written = predict_files(model, args.images, args.out, **_inference_options(args))
-    print(f"wrote {len(written)} masks and overlays to {args.out}")
+    written = predict_files(model, args.images, args.out, fmt=args.format, **_inference_options(args))
+    labels = f" and Cityscapes label ids to {Path(args.out) / 'labelIds'}" if args.format == "cityscapes" else ""
+    print(f"wrote {len(written)} masks and overlays to {args.out}{labels}")
 
 
 def cmd_models(args) -> None:
@@ -214,11 +224,17 @@ def cmd_models(args) -> None:
 def cmd_data_check(args) -> None:
     from . import data
 
-    dataset = data.build_dataset(args.format, args.split, root=args.root)
+    split = args.split if args.split or args.format == "folder" else "train"
+    options = {"voc_root": args.voc_root} if args.voc_root else {}
+    dataset = data.build_dataset(args.format, split, root=args.root, **options)
     num_classes = args.num_classes or len(dataset.classes)
-    summary = data.validate_dataset(dataset, num_classes)
+    summary = data.validate_dataset(dataset, num_classes, keep_going=True)
     print(data.format_summary(summary, list(dataset.classes)[:num_classes]))
-    print(f"{args.root} ({args.format}, {args.split}): {summary['images']} images, no problems found")
+    where = f"{args.root} ({args.format}, {split or 'every image'})"
+    if summary["problems"]:
+        raise ValueError(f"{where}: {len(summary['problems'])} of {summary['images']} images have problems:\n"
+                         + "\n".join(summary["problems"]))
+    print(f"{where}: {summary['images']} images, no problems found")
 
 
 def cmd_export_shapes(args) -> None:
@@ -261,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True)
     predict.add_argument("--device", default="cpu")
     predict.add_argument("--score-threshold", type=float, default=0.5, help="instance models: detections drawn")
+    predict.add_argument("--format", default="palette", choices=["palette", "cityscapes"],
+                         help="cityscapes: also OUT/labelIds/<city>_<seq>_<frame>_labelIds.png for the official "
+                              "evaluation (semantic models of the 19 train ids)")
     _add_inference_flags(predict)
     predict.set_defaults(func=cmd_predict)
 
@@ -290,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_cmd = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     check = data_cmd.add_parser("check", help="validate a whole dataset before training")
     check.add_argument("root")
-    check.add_argument("--format", default="voc", choices=["voc"])
-    check.add_argument("--split", default="train")
+    check.add_argument("--format", default="voc", choices=["voc", "sbd", "cityscapes", "coco", "folder"])
+    check.add_argument("--split", help="default: train; folder: every image (as 'all')")
+    check.add_argument("--voc-root", help="sbd's train_aug split: the VOC2012 folder")
     check.add_argument("--num-classes", type=int)
     check.set_defaults(func=cmd_data_check)
     export = data_cmd.add_parser("export-shapes", help="write the Shapes dataset in VOC or COCO layout")

@@ -110,9 +110,10 @@ def test_transforms_are_disabled_during_validation_and_restored_after():
 
 
 def test_format_summary_is_a_markdown_table_of_pixels_and_fractions():
-    summary = {"images": 2, "total_pixels": 8, "ignore_pixels": 2, "pixels_per_class": [4, 2],
-               "images_per_class": [2, 1], "min_size": [2, 2], "max_size": [2, 2]}
+    summary = {"images": 2, "problems": [], "total_pixels": 8, "ignore_pixels": 2, "pixels_per_class": [4, 2],
+               "images_per_class": [2, 1], "min_size": [2, 2], "max_size": [2, 2], "unlabelled_images": 1}
     table = format_summary(summary, ["background", "thing"])
+    assert table.startswith("2 images, 1 with no labelled pixel (all 255)")
     assert "| class | pixels | fraction | images |" in table
     assert "| background | 4 | 50.00% | 2 |" in table and "| thing | 2 | 25.00% | 1 |" in table
     assert "| ignore (255) | 2 | 25.00% | |" in table

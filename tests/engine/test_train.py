@@ -145,6 +145,25 @@ def test_bad_dataset_is_reported_before_training_starts(tmp_path):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_a_split_of_masks_entirely_ignored_is_refused_and_unlabelled_images_are_counted(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from seglab.data import export_shapes
+
+    root = export_shapes(tmp_path / "voc", "voc", {"train": 4, "val": 2}, image_size=48)
+    masks = sorted((root / "SegmentationClass").glob("*train*.png"))
+    for path in masks[:1]:
+        Image.fromarray(np.full((48, 48), 255, np.uint8)).save(path)
+    config = tiny_config(tmp_path, data="voc", data_root=str(root), batch_size=2, num_train=None, num_val=None)
+    Trainer(config)
+    assert "1 of 4 images of split 'train' have no labelled pixel" in capsys.readouterr().out
+    for path in masks:
+        Image.fromarray(np.full((48, 48), 255, np.uint8)).save(path)
+    with pytest.raises(ValueError, match="every mask pixel of split 'train' is 255"):
+        Trainer(config)
+
+
 def test_load_returns_the_trained_model_with_its_metadata(tmp_path):
     from seglab import models
 

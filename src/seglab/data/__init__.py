@@ -9,8 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from seglab.data.cityscapes import Cityscapes
 from seglab.data.coco import COCOInstances, GroupedBatchSampler, aspect_ratio_groups, collate_instances
 from seglab.data.export import export_shapes
+from seglab.data.folder import FolderSegmentation
+from seglab.data.sbd import SBD
 from seglab.data.shapes import DEFAULT_NUM_IMAGES, Shapes
 from seglab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
 from seglab.data.validate import format_summary, validate_dataset
@@ -18,9 +21,12 @@ from seglab.data.voc import VOCSegmentation
 
 __all__ = [
     "COCOInstances",
+    "Cityscapes",
+    "FolderSegmentation",
     "GroupedBatchSampler",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SBD",
     "Shapes",
     "VOCSegmentation",
     "aspect_ratio_groups",
@@ -35,52 +41,59 @@ __all__ = [
 ]
 
 
-def _shapes(split, root, num_images, image_size, seed, transforms):
-    num_images = DEFAULT_NUM_IMAGES.get(split, 0) if num_images is None else num_images
-    return Shapes(split, num_images, image_size=image_size, seed=seed, transforms=transforms, cache=True)
-
-
-def _voc(split, root, num_images, image_size, seed, transforms):
-    if root is None:
-        raise ValueError("dataset 'voc' needs root (the folder holding JPEGImages/, SegmentationClass/, ImageSets/)")
-    if num_images is not None:
-        raise ValueError("num_images only applies to 'shapes'; 'voc' reads the ids listed in its split file")
-    return VOCSegmentation(root, split, transforms=transforms)
-
-
-def _coco(split, root, num_images, image_size, seed, transforms):
-    if root is None:
-        raise ValueError("dataset 'coco' needs root (the folder holding <split>2017/ and annotations/)")
-    if num_images is not None:
-        raise ValueError("num_images only applies to 'shapes'; 'coco' reads the images of its annotation file")
-    root = Path(root)
+def _coco(root: Path, split: str, transforms: Callable | None, **options):
     return COCOInstances(root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json",
-                         transforms=transforms)
+                         transforms=transforms, **options)
 
 
-_BUILDERS = {"shapes": _shapes, "voc": _voc, "coco": _coco}
+def _folder(root: Path, split: str | None, transforms: Callable | None, **options):
+    return FolderSegmentation(root, split=None if split == "all" else split, transforms=transforms, **options)
+
+
+# name: (reader(root, split, transforms, **options), what its root holds)
+_READERS = {
+    "voc": (VOCSegmentation, "the folder holding JPEGImages/, SegmentationClass/, ImageSets/"),
+    "sbd": (SBD, "the folder holding img/, cls/, train.txt, val.txt"),
+    "cityscapes": (Cityscapes, "the folder holding leftImg8bit/ and gtFine/"),
+    "coco": (_coco, "the folder holding <split>2017/ and annotations/"),
+    "folder": (_folder, "the folder holding images/, masks/, classes.txt"),
+}
 
 
 def dataset_names() -> list[str]:
     """Names accepted by ``build_dataset``."""
-    return sorted(_BUILDERS)
+    return sorted(["shapes", *_READERS])
 
 
 def build_dataset(
     name: str,
-    split: str,
+    split: str | None,
     root: str | Path | None = None,
     num_images: int | None = None,
     image_size: int = 128,
     seed: int = 0,
     transforms: Callable | None = None,
+    **options,
 ):
-    """The dataset ``name`` ("shapes", "voc" or "coco") for ``split``.
+    """The dataset ``name`` (one of ``dataset_names()``) for ``split``.
 
     "shapes": generated, ``num_images`` defaults to train 1000, val 200, test 200; ``image_size``
-    (pixels) and ``seed`` apply to it only. "voc", "coco": read from ``root`` (required); "coco" reads
-    ``root/<split>2017/`` and ``root/annotations/instances_<split>2017.json``.
+    (pixels) and ``seed`` apply to it only. The others read ``root`` (required), and ``options`` go to
+    their reader: "voc" ``VOCSegmentation``, "sbd" ``SBD`` (``voc_root=`` for "train_aug"),
+    "cityscapes" ``Cityscapes``, "coco" ``COCOInstances`` on ``root/<split>2017/`` and
+    ``root/annotations/instances_<split>2017.json``, "folder" ``FolderSegmentation`` (split "all" or
+    None: every image).
     """
-    if name not in _BUILDERS:
+    if name == "shapes":
+        if options:
+            raise ValueError(f"dataset 'shapes' takes no reader options, got {sorted(options)}")
+        num_images = DEFAULT_NUM_IMAGES.get(split, 0) if num_images is None else num_images
+        return Shapes(split, num_images, image_size=image_size, seed=seed, transforms=transforms, cache=True)
+    if name not in _READERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
-    return _BUILDERS[name](split, root, num_images, image_size, seed, transforms)
+    reader, layout = _READERS[name]
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs root ({layout})")
+    if num_images is not None:
+        raise ValueError(f"num_images only applies to 'shapes'; {name!r} reads the files under its root")
+    return reader(Path(root), split, transforms, **options)

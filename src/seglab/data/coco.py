@@ -34,8 +34,9 @@ from pycocotools.coco import COCO
 from torch.utils.data import Sampler
 from torchvision import tv_tensors
 
+from seglab.data.images import image_tensor, load_image
+from seglab.data.paths import check_entry
 from seglab.data.transforms import IGNORE_INDEX
-from seglab.data.voc import load_image
 from seglab.viz import voc_palette
 
 
@@ -120,6 +121,7 @@ def _check_dataset(data: Any, ann_file: Path) -> None:
             raise ValueError(f"{ann_file}: image {image!r} needs 'id', 'file_name', 'height' and 'width'")
         if image["id"] in images:
             raise ValueError(f"{ann_file}: image id {image['id']} appears twice")
+        check_entry(image["file_name"], ann_file)
         if not (isinstance(image["height"], int) and isinstance(image["width"], int)
                 and image["height"] > 0 and image["width"] > 0):
             raise ValueError(f"{ann_file}: image id {image['id']} has height {image['height']!r} and width "
@@ -214,8 +216,9 @@ class COCOInstances(torch.utils.data.Dataset):
 
     Errors name the file: a missing ``ann_file`` or image raises FileNotFoundError; malformed JSON, an
     annotation whose category or image is not listed, a polygon with fewer than 3 points, an RLE of the
-    wrong size, a box with negative width/height, an unreadable image or one whose size differs from the
-    json's raise ValueError. The json is checked when the dataset is built, images when read.
+    wrong size, a box with negative width/height, a ``file_name`` that is absolute or holds ``..``, an
+    unreadable image or one whose size differs from the json's raise ValueError. The json is checked
+    when the dataset is built, images when read.
     """
 
     def __init__(
@@ -321,9 +324,7 @@ class COCOInstances(torch.utils.data.Dataset):
         if image.size != (width, height):
             raise ValueError(f"{path} is {image.width}x{image.height} (WxH) but {self.ann_file} says "
                              f"{width}x{height} for image id {self.ids[index]}")
-        pixels = np.array(image if image.mode == "RGB" else image.convert("RGB"))
-        image = tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
-        target = self.target(index)
+        image, target = image_tensor(image), self.target(index)
         if self.transforms is not None:
             return self.transforms(image, target)
         return image, target

@@ -1,5 +1,5 @@
 """Check a segmentation dataset before training: every image readable and 3-channel, every mask the
-image's size with values in {0..C-1, 255}; summarise the class frequencies."""
+image's size with values in {0..C-1, 255}; summarise the class frequencies (and, on request, every problem)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -16,56 +16,73 @@ def _item_name(dataset: Any, index: int, kind: str) -> str:
     return str(path_of(index)) if path_of is not None else f"{type(dataset).__name__}[{index}]"
 
 
-def validate_dataset(dataset: Any, num_classes: int | None = None, progress: bool = True) -> dict:
+def _checked_mask(dataset: Any, index: int, num_classes: int) -> torch.Tensor:
+    """Item ``index``'s (H, W) mask after checking the item; ValueError naming the file otherwise."""
+    image, target = dataset[index]
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(
+            f"{_item_name(dataset, index, 'image')}: expected a 3-channel image (3, H, W), "
+            f"got shape {tuple(image.shape)}"
+        )
+    mask = torch.as_tensor(target["mask"])
+    if mask.shape != image.shape[-2:]:
+        raise ValueError(
+            f"{_item_name(dataset, index, 'mask')}: mask is {tuple(mask.shape)} (H, W) but its image is "
+            f"{tuple(image.shape[-2:])}"
+        )
+    if mask.is_floating_point() or mask.dtype == torch.bool:
+        raise ValueError(
+            f"{_item_name(dataset, index, 'mask')}: expected a mask of integer class ids, got {mask.dtype}"
+        )
+    bad = (mask != IGNORE_INDEX) & ((mask < 0) | (mask >= num_classes))
+    if bad.any():
+        values = torch.unique(mask[bad]).tolist()
+        raise ValueError(
+            f"{_item_name(dataset, index, 'mask')}: mask values {values[:10]} outside the class ids "
+            f"0..{num_classes - 1} and {IGNORE_INDEX} (ignore)"
+        )
+    return mask
+
+
+def validate_dataset(dataset: Any, num_classes: int | None = None, progress: bool = True,
+                     keep_going: bool = False) -> dict:
     """Read every raw item of ``dataset`` once (its ``transforms`` attribute is set to None meanwhile,
     so wrappers without one, e.g. ``Subset``, are checked after their transforms) and check it.
 
-    ``num_classes`` defaults to ``len(dataset.classes)``. Raises ValueError naming the file (or
-    ``Type[index]``) for: an image that is not (3, H, W), a mask whose (H, W) differs from the image's,
-    a non-integer mask, mask values outside 0..C-1 and 255 (ignore); unreadable files raise from the
-    dataset itself.
-    Returns ``{"images", "total_pixels", "ignore_pixels", "pixels_per_class" (list of C ints),
-    "images_per_class" (list of C ints: images containing the class), "min_size", "max_size" ([H, W])}``.
+    ``num_classes`` defaults to ``len(dataset.classes)``. Problems, each naming the file (or
+    ``Type[index]``): a missing file (FileNotFoundError), an unreadable one, an image that is not
+    (3, H, W), a mask whose (H, W) differs from the image's, a non-integer mask, mask values outside
+    0..C-1 and 255 (ignore) (ValueError). The first problem is raised, or with ``keep_going`` every
+    problem is collected and its item left out of the counts.
+    Returns ``{"images" (items checked), "problems" (messages), "total_pixels", "ignore_pixels",
+    "unlabelled_images" (masks entirely 255: they add nothing to a loss), "pixels_per_class" (list of
+    C ints), "images_per_class" (list of C ints: images containing the class), "min_size", "max_size"
+    ([H, W])}``.
     """
     num_classes = len(dataset.classes) if num_classes is None else num_classes
     pixels_per_class = torch.zeros(num_classes, dtype=torch.int64)
     images_per_class = torch.zeros(num_classes, dtype=torch.int64)
-    ignore_pixels = total_pixels = 0
-    sizes = []
+    ignore_pixels = total_pixels = unlabelled_images = 0
+    sizes, problems = [], []
 
     saved_transforms = getattr(dataset, "transforms", None)
     if saved_transforms is not None:
         dataset.transforms = None
     try:
         for index in tqdm(range(len(dataset)), desc="validate", disable=not progress):
-            image, target = dataset[index]
-            if image.ndim != 3 or image.shape[0] != 3:
-                raise ValueError(
-                    f"{_item_name(dataset, index, 'image')}: expected a 3-channel image (3, H, W), "
-                    f"got shape {tuple(image.shape)}"
-                )
-            mask = torch.as_tensor(target["mask"])
-            if mask.shape != image.shape[-2:]:
-                raise ValueError(
-                    f"{_item_name(dataset, index, 'mask')}: mask is {tuple(mask.shape)} (H, W) but its image is "
-                    f"{tuple(image.shape[-2:])}"
-                )
-            if mask.is_floating_point() or mask.dtype == torch.bool:
-                raise ValueError(
-                    f"{_item_name(dataset, index, 'mask')}: expected a mask of integer class ids, got {mask.dtype}"
-                )
+            try:
+                mask = _checked_mask(dataset, index, num_classes)
+            except (ValueError, FileNotFoundError) as error:
+                if not keep_going:
+                    raise
+                problems.append(str(error))
+                continue
             ignored = mask == IGNORE_INDEX
-            bad = ~ignored & ((mask < 0) | (mask >= num_classes))
-            if bad.any():
-                values = torch.unique(mask[bad]).tolist()
-                raise ValueError(
-                    f"{_item_name(dataset, index, 'mask')}: mask values {values[:10]} outside the class ids "
-                    f"0..{num_classes - 1} and {IGNORE_INDEX} (ignore)"
-                )
             counts = torch.bincount(mask[~ignored], minlength=num_classes)
             pixels_per_class += counts
             images_per_class += counts > 0
             ignore_pixels += int(ignored.sum())
+            unlabelled_images += bool(ignored.all())
             total_pixels += mask.numel()
             sizes.append(tuple(mask.shape))
     finally:
@@ -74,8 +91,10 @@ def validate_dataset(dataset: Any, num_classes: int | None = None, progress: boo
 
     return {
         "images": len(dataset),
+        "problems": problems,
         "total_pixels": total_pixels,
         "ignore_pixels": ignore_pixels,
+        "unlabelled_images": unlabelled_images,
         "pixels_per_class": pixels_per_class.tolist(),
         "images_per_class": images_per_class.tolist(),
         "min_size": [min(s) for s in zip(*sizes)] if sizes else [0, 0],
@@ -86,8 +105,12 @@ def validate_dataset(dataset: Any, num_classes: int | None = None, progress: boo
 def format_summary(summary: dict, classes: Sequence[str]) -> str:
     """A Markdown table of ``validate_dataset``'s summary: class, pixels, fraction of all pixels, images."""
     total = max(summary["total_pixels"], 1)
+    problems = f", {len(summary['problems'])} with problems (not counted below)" if summary["problems"] else ""
+    if summary["unlabelled_images"]:
+        problems += f", {summary['unlabelled_images']} with no labelled pixel (all {IGNORE_INDEX})"
     lines = [
-        f"{summary['images']} images, sizes (H, W) {tuple(summary['min_size'])} to {tuple(summary['max_size'])}",
+        f"{summary['images']} images{problems}, sizes (H, W) {tuple(summary['min_size'])} to "
+        f"{tuple(summary['max_size'])}",
         "",
         "| class | pixels | fraction | images |",
         "|---|---:|---:|---:|",

@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-import torch
-from PIL import Image
-from torchvision import tv_tensors
-
+from seglab.data.paths import read_lines, read_split_list
+from seglab.data.semantic import SemanticFiles
 from seglab.viz import voc_palette
 
 VOC_CLASSES = (
@@ -18,25 +15,23 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
-def load_image(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` (any mode). Missing -> FileNotFoundError; corrupt -> ValueError naming it."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-        return image
-    except FileNotFoundError:
-        raise
-    except Exception as error:  # PIL raises OSError, SyntaxError, struct.error, zlib.error ... on corrupt data
-        raise ValueError(f"cannot read {path}: {type(error).__name__}: {error}") from error
+def voc_split(root: Path, split: str) -> list[str]:
+    """The ids of ``root/ImageSets/Segmentation/<split>.txt`` (checked to stay inside ``root``)."""
+    return read_split_list(root / "ImageSets" / "Segmentation" / f"{split}.txt")
 
 
-class VOCSegmentation(torch.utils.data.Dataset):
+def voc_pair(root: Path, image_id: str) -> tuple[Path, Path]:
+    """``(JPEGImages/<id>.jpg, SegmentationClass/<id>.png)`` under ``root``."""
+    return root / "JPEGImages" / f"{image_id}.jpg", root / "SegmentationClass" / f"{image_id}.png"
+
+
+class VOCSegmentation(SemanticFiles):
     """PASCAL VOC layout reader.
 
     ``ds[i]`` -> ``(tv_tensors.Image uint8 (3, H, W), {"mask": tv_tensors.Mask (H, W) int64})``, mask values
     are class ids and 255 = ignore; ``transforms(image, target)`` is applied when given. ``classes``
     defaults to ``root/labels.txt`` (one name per line, written by seglab's export) if present, else
-    the 21 VOC classes.
+    the 21 VOC classes. ``ids`` lists the split's image ids.
     """
 
     def __init__(
@@ -46,48 +41,11 @@ class VOCSegmentation(torch.utils.data.Dataset):
         transforms: Callable | None = None,
         classes: Sequence[str] | None = None,
     ):
-        self.root = Path(root)
-        self.split = split
-        self.transforms = transforms
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"VOC root {self.root} does not exist")
-        list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        if not list_file.is_file():
-            raise FileNotFoundError(f"VOC split list {list_file} does not exist")
-        self.ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-        labels_file = self.root / "labels.txt"
-        if classes is None and labels_file.is_file():
-            classes = [name.strip() for name in labels_file.read_text().splitlines() if name.strip()]
-        self.classes = tuple(VOC_CLASSES if classes is None else classes)
-        self.palette = voc_palette()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_path(self, index: int) -> Path:
-        return self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
-
-    def mask_path(self, index: int) -> Path:
-        return self.root / "SegmentationClass" / f"{self.ids[index]}.png"
-
-    def __getitem__(self, index: int):
-        image_path, mask_path = self.image_path(index), self.mask_path(index)
-        image, mask = load_image(image_path), load_image(mask_path)
-        if mask.mode not in ("P", "L"):
-            raise ValueError(
-                f"{mask_path}: expected a palette (P) or grayscale (L) PNG of class ids, got mode {mask.mode}"
-            )
-        if mask.size != image.size:
-            raise ValueError(
-                f"mask {mask_path} is {mask.width}x{mask.height} (WxH) but image {image_path} is "
-                f"{image.width}x{image.height}"
-            )
-        pixels = np.array(image if image.mode == "RGB" else image.convert("RGB"))
-        image = tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
-        target = {"mask": tv_tensors.Mask(torch.from_numpy(np.array(mask, dtype=np.int64)))}
-        if self.transforms is not None:
-            return self.transforms(image, target)
-        return image, target
-
-    def __repr__(self) -> str:
-        return f"VOCSegmentation(root={str(self.root)!r}, split={self.split!r}, {len(self)} images)"
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"VOC root {root} does not exist")
+        self.ids = voc_split(root, split)
+        if classes is None and (root / "labels.txt").is_file():
+            classes = read_lines(root / "labels.txt", "class list")
+        super().__init__(root, split, transforms, [voc_pair(root, i) for i in self.ids],
+                         VOC_CLASSES if classes is None else classes, voc_palette())

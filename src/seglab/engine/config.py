@@ -24,6 +24,7 @@ class TrainConfig:
     # data
     data: str = "shapes"
     data_root: str | None = None
+    data_options: dict = field(default_factory=dict)  # reader options, e.g. {voc_root: DIR} for sbd train_aug
     image_size: int = 128  # Shapes image size
     crop_size: int | None = None  # training crop, default image_size
     scale_range: tuple[float, float] = (0.5, 2.0)
@@ -84,8 +85,8 @@ class TrainConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults ← YAML file at ``path`` ← ``overrides`` (None values are ignored; ``model_options`` merge
-    key by key). Unknown keys are errors."""
+    """Defaults ← YAML file at ``path`` ← ``overrides`` (None values are ignored; ``model_options`` and
+    ``data_options`` merge key by key). Unknown keys are errors."""
     values: dict = {}
     if path is not None:
         path = Path(path)
@@ -93,8 +94,9 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise FileNotFoundError(f"config file not found: {path}")
         values.update(yaml.safe_load(path.read_text()) or {})
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if "model_options" in overrides:
-        overrides["model_options"] = {**values.get("model_options", {}), **overrides["model_options"]}
+    for key in ("model_options", "data_options"):
+        if key in overrides:
+            overrides[key] = {**values.get(key, {}), **overrides[key]}
     values.update(overrides)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)

@@ -82,16 +82,26 @@ def build_datasets(config: TrainConfig):
     """(train, val) datasets without transforms; on-disk data is validated before training starts."""
     def build(split: str, count: int):
         return data.build_dataset(config.data, split, root=config.data_root, num_images=count,
-                                  image_size=config.image_size, seed=config.seed)
+                                  image_size=config.image_size, seed=config.seed, **config.data_options)
 
     train_set = build(config.train_split, config.num_train)
     val_set = build(config.val_split, config.num_val) if config.val_split else None
     num_classes = config.num_classes or len(train_set.classes)
     if config.data != "shapes":  # generated data is valid by construction
-        for dataset in (train_set, val_set):
+        for name, dataset in ((config.train_split, train_set), (config.val_split, val_set)):
             if dataset is not None:
-                data.validate_dataset(dataset, num_classes)
+                _check_labels(data.validate_dataset(dataset, num_classes), name)
     return train_set, val_set, num_classes
+
+
+def _check_labels(summary: dict, split: str) -> None:
+    """Refuse a split with no labelled pixel; say how many of its images have none (they add no loss)."""
+    if summary["ignore_pixels"] == summary["total_pixels"]:
+        raise ValueError(f"every mask pixel of split {split!r} is {IGNORE_INDEX} (ignore): nothing to learn from "
+                         f"or score; check the masks' values and the class mapping")
+    if summary["unlabelled_images"] and distributed.is_main():
+        tqdm.write(f"seglab: {summary['unlabelled_images']} of {summary['images']} images of split {split!r} have no "
+                   f"labelled pixel (all {IGNORE_INDEX}); they are kept and add nothing to the loss")
 
 
 class Trainer:
