@@ -125,3 +125,25 @@ def test_evaluation_shards_add_up_to_the_single_process_metrics(tmp_path):
                                        equal_nan=True, msg=key)
         for kind, stats in single_instance.items():
             assert instance[kind] == pytest.approx(stats, nan_ok=True), kind
+
+
+def test_sync_bn_needs_torchrun_on_cuda(tmp_path):
+    from seglab.engine.config import TrainConfig
+    from seglab.engine.train import Trainer
+
+    config = TrainConfig(model="fcn32s_vgg16", width_mult=0.0625, batch_norm=True, image_size=32, num_train=4,
+                         val_split=None, sync_bn=True, device="cpu", out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="sync_bn needs torchrun on CUDA"):
+        Trainer(config)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (NCCL)")
+def test_sync_bn_trains_under_torchrun_on_cuda(tmp_path):
+    args = train_args(tmp_path / "run", 4)
+    args[args.index("--no-batch-norm")] = "--batch-norm"
+    args[args.index("cpu")] = "cuda"
+    output = run([*TORCHRUN, "--standalone", f"--nproc_per_node={torch.cuda.device_count()}", "-m", "seglab", *args,
+                  "--sync-bn"])
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint["step"] == ITERS and checkpoint["config"]["sync_bn"], output[-2000:]
+    assert any(key.endswith("running_mean") for key in checkpoint["model"])

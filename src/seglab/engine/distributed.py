@@ -17,13 +17,20 @@ def launched_by_torchrun() -> bool:
 
 
 def setup(device: torch.device) -> torch.device:
-    """Join the process group when launched by torchrun; returns this process's device (``cuda:LOCAL_RANK``)."""
+    """Join the process group when launched by torchrun; returns this process's device (``cuda:LOCAL_RANK``).
+
+    The group's keys live under a prefix of torchrun's restart count: after ``--max-restarts`` brings a group
+    back, the store it shares with the failed attempt still holds that attempt's addresses, and a process
+    reading one of them would wait on a dead peer."""
     if not launched_by_torchrun() or dist.is_initialized():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    store, rank, world = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.PrefixStore(f"seglab/{attempt}", store),
+                            rank=rank, world_size=world)
     return device
 
 

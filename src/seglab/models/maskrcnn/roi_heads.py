@@ -2,6 +2,8 @@
 RoI features of the proposals → class scores, per-class box refinements and per-class masks."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,14 +50,21 @@ class RoIHeads(nn.Module):
     dropped, NMS at ``nms_thresh`` per class, the ``detections_per_img`` best kept, then their masks.
 
     ``box_roi_pool`` / ``mask_roi_pool`` map (features, boxes, image sizes) to (K,C,7,7) / (K,C,14,14).
+    ``mask_classes``: partial supervision (Mask^X R-CNN, arXiv:1711.10370 §3.2): only foreground RoIs of
+    these classes (set A) enter the mask loss; the others (set B) train boxes only. None: every class.
     """
 
     def __init__(self, box_roi_pool: nn.Module, box_head: nn.Module, box_predictor: nn.Module,
                  mask_roi_pool: nn.Module, mask_head: nn.Module, mask_predictor: nn.Module, *,
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, batch_size_per_image: int = 512,
                  positive_fraction: float = 0.25, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
-                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100):
+                 score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100,
+                 mask_classes: Sequence[int] | None = None):
         super().__init__()
+        if mask_classes is not None and len(mask_classes) == 0:
+            raise ValueError("mask_classes is empty: at least one class must carry mask supervision")
+        self.register_buffer("mask_classes", None if mask_classes is None else torch.as_tensor(mask_classes),
+                             persistent=False)
         self.box_roi_pool, self.box_head, self.box_predictor = box_roi_pool, box_head, box_predictor
         self.mask_roi_pool, self.mask_head, self.mask_predictor = mask_roi_pool, mask_head, mask_predictor
         self.box_coder = BoxCoder(bbox_reg_weights)
@@ -71,7 +80,7 @@ class RoIHeads(nn.Module):
     def mask_logits(self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
                     ) -> Tensor:
         """Mask logits (K, num_classes, 28, 28) of the concatenated boxes."""
-        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_sizes)))
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_sizes)), self.box_predictor)
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
@@ -125,6 +134,10 @@ class RoIHeads(nn.Module):
         fg_deltas = deltas.reshape(len(deltas), -1, 4)[foreground, all_labels[foreground]]
         box_loss = F.smooth_l1_loss(fg_deltas, self.box_coder.encode(fg_boxes, torch.cat(fg_proposals)), beta=1 / 9,
                                     reduction="sum") / all_labels.numel()
+        if self.mask_classes is not None:  # partial supervision: set-B RoIs get no mask loss
+            supervised = [torch.isin(label[k], self.mask_classes) for label, k in zip(labels, positive)]
+            fg_proposals = [p[s] for p, s in zip(fg_proposals, supervised)]
+            fg_matched = [m[s] for m, s in zip(fg_matched, supervised)]
         logits = self.mask_logits(features, fg_proposals, image_sizes)
         return {"loss_classifier": F.cross_entropy(class_logits, all_labels), "loss_box_reg": box_loss,
                 "loss_mask": mask_loss(logits, fg_proposals, [t["masks"] for t in targets],
