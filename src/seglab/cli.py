@@ -36,6 +36,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(kind) is tuple:
             parser.add_argument(flag, type=float, nargs=2, default=None)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag, nargs="+", default=None, metavar="NAME")
         else:
             parser.add_argument(flag, type=kind, default=None, help=f"default: {field.default}")
 

@@ -21,6 +21,7 @@ class TrainConfig:
     backbone_weights: str | None = None  # torchvision classification state dict on disk
     weights: str | None = None  # start from these weights (a seglab checkpoint or state dict on disk)
     frozen_bn: bool = False  # replace BatchNorm by FrozenBatchNorm2d (stated in the log)
+    mask_classes: list[str] | None = None  # instance models: classes with mask supervision (set A); others box-only
     # data
     data: str = "shapes"
     data_root: str | None = None

@@ -63,8 +63,10 @@ def ground_truth(dataset) -> tuple[COCO, dict[int, int], list[int]]:
 
 
 @torch.no_grad()
-def evaluate_instances(model: nn.Module, dataset, num_visuals: int = 8, progress: bool = True):
-    """COCO box and mask AP of ``model`` over ``dataset`` (uint8 images, no transforms).
+def evaluate_instances(model: nn.Module, dataset, num_visuals: int = 8, progress: bool = True,
+                       labels: Sequence[int] | None = None):
+    """COCO box and mask AP of ``model`` over ``dataset`` (uint8 images, no transforms); ``labels``: score
+    these classes only (e.g. the box-only set B of partial supervision).
 
     Returns ``(metrics, visuals)``: ``{"bbox": {AP, AP50, ...}, "segm": {...}}`` from COCOeval and up to
     ``num_visuals`` tuples ``(image, target, prediction)`` for the picture grid. Under torchrun each
@@ -85,7 +87,9 @@ def evaluate_instances(model: nn.Module, dataset, num_visuals: int = 8, progress
             visuals.append((image, target, prediction))
     model.train(was_training)
     results = distributed.gather_to_main(coco_results(predictions, [image_ids[i] for i in indices], label_to_category))
-    return distributed.broadcast_from_main(evaluate_coco(coco, results) if results is not None else None), visuals
+    category_ids = None if labels is None else [label_to_category[label] for label in labels]
+    metrics = evaluate_coco(coco, results, category_ids=category_ids) if results is not None else None
+    return distributed.broadcast_from_main(metrics), visuals
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:

@@ -120,7 +120,7 @@ class Trainer:
         self.train_set, self.val_set, self.num_classes = build_datasets(config)
         self.task = entry(config.model).task
         self.best_metric = config.best_metric or ("miou" if self.task == "semantic" else "segm_AP")
-        self.model = create(config.model, self.num_classes, **config.model_kwargs()).to(self.device)
+        self.model = create(config.model, self.num_classes, **self._model_options()).to(self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         if config.frozen_bn:
@@ -137,7 +137,7 @@ class Trainer:
         self.stop_requested = False
         self.meta = {
             "model": config.model,
-            "options": config.model_kwargs() | {"weights_backbone": None, "weights": None},
+            "options": self._model_options() | {"weights_backbone": None, "weights": None},
             "num_classes": self.num_classes, "classes": list(self.train_set.classes)[:self.num_classes],
             "palette": [list(c) for c in self.train_set.palette], "mean": list(data.IMAGENET_MEAN),
             "std": list(data.IMAGENET_STD), "task": self.task,
@@ -146,6 +146,19 @@ class Trainer:
             self._resume()
         if self.main:
             save_config(config, self.out / "config.yaml")
+
+    def _model_options(self) -> dict:
+        """The config's model options, with ``mask_classes`` names turned into class ids."""
+        options, names = self.config.model_kwargs(), self.config.mask_classes
+        if names is None:
+            return options
+        if self.task != "instance":
+            raise ValueError("mask_classes (partial mask supervision) applies to instance models only")
+        classes = list(self.train_set.classes)
+        unknown = [name for name in names if name not in classes[1:]]
+        if unknown or not names:
+            raise ValueError(f"mask_classes must name at least one class among {classes[1:]}; unknown: {unknown}")
+        return options | {"mask_classes": sorted(classes.index(name) for name in names)}
 
     def _parallel(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` wrapped in DistributedDataParallel under torchrun (SyncBatchNorm first if asked)."""

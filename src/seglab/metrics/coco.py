@@ -121,6 +121,7 @@ def evaluate_coco(
     iou_types: Sequence[str] = IOU_TYPES,
     image_ids: Sequence[int] | None = None,
     verbose: bool = False,
+    category_ids: Sequence[int] | None = None,
 ) -> dict[str, dict[str, float]]:
     """COCO metrics of ``results`` against ``coco_gt``, from ``COCOeval(...).stats``.
 
@@ -131,6 +132,7 @@ def evaluate_coco(
         image_ids: evaluate on these images only (default: every image of ``coco_gt``; images without
             detections count as misses).
         verbose: print COCOeval's summary table.
+        category_ids: evaluate these categories only (COCOeval's ``params.catIds``; default: all).
 
     Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs",
     "ARm", "ARl"}}``, fractions in [0, 1]; a metric COCOeval cannot define (no ground truth in that
@@ -177,6 +179,8 @@ def evaluate_coco(
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             if image_ids is not None:
                 evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+            if category_ids is not None:
+                evaluator.params.catIds = sorted(int(i) for i in category_ids)
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()

@@ -89,7 +89,9 @@ def maskrcnn(backbone: BackboneWithFPN, num_classes: int, *, min_size: int | Seq
              representation_size: int = 1024, mask_layers: Sequence[int] = (256, 256, 256, 256),
              box_score_thresh: float = 0.05, box_nms_thresh: float = 0.5, box_detections_per_img: int = 100,
              box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5, box_batch_size_per_image: int = 512,
-             box_positive_fraction: float = 0.25, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0)) -> MaskRCNN:
+             box_positive_fraction: float = 0.25, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
+             class_agnostic_masks: bool = False, mask_classes: Sequence[int] | None = None,
+             mask_predictor: nn.Module | None = None) -> MaskRCNN:
     """Mask R-CNN on an FPN ``backbone`` (features "0".."3", "pool", ``out_channels`` each) with torchvision's
     defaults (its ``MaskRCNN`` arguments, same names). Beyond them:
 
@@ -99,6 +101,9 @@ def maskrcnn(backbone: BackboneWithFPN, num_classes: int, *, min_size: int | Seq
       paper's Table 2c ablation). ``box_roi_pool`` / ``mask_roi_pool`` replace the poolers outright.
     - ``representation_size``: width of the box head's two fc layers (1024).
     - ``mask_layers``: channels of the mask head's 3×3 convs (four of 256); the deconvolution keeps the last.
+    - ``class_agnostic_masks``: one mask map for all classes (the Mask^X paper's baseline, §4.1).
+    - ``mask_classes``: class ids that carry mask supervision (partial supervision, see ``RoIHeads``).
+    - ``mask_predictor``: replaces the mask predictor outright (Mask^X R-CNN's ``MaskXPredictor``).
     """
     channels, levels = backbone.out_channels, len(backbone.strides)
     sizes = tuple((s,) if isinstance(s, (int, float)) else tuple(s) for s in anchor_sizes)
@@ -115,10 +120,11 @@ def maskrcnn(backbone: BackboneWithFPN, num_classes: int, *, min_size: int | Seq
     roi_heads = RoIHeads(
         box_roi_pool, TwoMLPHead(box_features, representation_size),
         FastRCNNPredictor(representation_size, num_classes), mask_roi_pool, MaskRCNNHeads(channels, mask_layers),
-        MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes), fg_iou_thresh=box_fg_iou_thresh,
+        mask_predictor or MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], 1 if class_agnostic_masks else num_classes),
+        fg_iou_thresh=box_fg_iou_thresh,
         bg_iou_thresh=box_bg_iou_thresh, batch_size_per_image=box_batch_size_per_image,
         positive_fraction=box_positive_fraction, bbox_reg_weights=bbox_reg_weights, score_thresh=box_score_thresh,
-        nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img)
+        nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img, mask_classes=mask_classes)
     return MaskRCNN(backbone, rpn, roi_heads, RCNNTransform(min_size, max_size, image_mean, image_std))
 
 

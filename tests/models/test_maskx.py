@@ -1,0 +1,128 @@
+"""Mask^X R-CNN: the weight transfer τ, the stop-gradient, partial mask supervision, the MLP branch, the
+class-agnostic baseline, and a checkpoint round trip through training and resume."""
+import pytest
+import torch
+
+from seglab import models
+from seglab.engine.checkpoint import load_checkpoint
+from seglab.engine.config import TrainConfig
+from seglab.engine.train import Trainer, train
+from seglab.models.maskrcnn import MaskXPredictor, WeightTransfer, detection_weights
+from seglab.models.maskrcnn.roi_heads import FastRCNNPredictor
+
+from test_maskrcnn import random_targets
+
+TINY = dict(fpn_channels=32, representation_size=48, mask_layers=[16], anchor_sizes=[8, 16, 32, 64, 128],
+            min_size=64, max_size=64, frozen_bn=False, trainable_backbone_layers=5, box_batch_size_per_image=32)
+
+
+def test_detection_weights_are_the_class_rows_of_the_box_predictor():
+    predictor = FastRCNNPredictor(6, 3)
+    cls, box = predictor.cls_score.weight, predictor.bbox_pred.weight
+    assert torch.equal(detection_weights(predictor, "cls"), cls)
+    assert torch.equal(detection_weights(predictor, "box")[2], box[8:12].flatten())  # class 2: rows 8..11
+    both = detection_weights(predictor, "cls+box")
+    assert both.shape == (3, 30) and torch.equal(both[1], torch.cat([cls[1], box[4:8].flatten()]))
+    with pytest.raises(ValueError, match="transfer input"):
+        detection_weights(predictor, "mask")
+
+
+def test_weight_transfer_is_a_two_layer_mlp_with_leaky_relu():
+    torch.manual_seed(0)
+    transfer = WeightTransfer(10, 4, hidden=7)
+    w = torch.randn(3, 10)
+    expected = transfer.fc2(torch.where(transfer.fc1(w) > 0, transfer.fc1(w), 0.01 * transfer.fc1(w)))
+    assert transfer(w).shape == (3, 4)
+    torch.testing.assert_close(transfer(w), expected)
+
+
+@pytest.mark.parametrize("stop_gradient", [True, False])
+def test_mask_loss_trains_tau_and_reaches_the_detection_weights_only_without_stop_gradient(stop_gradient):
+    torch.manual_seed(1)
+    box = FastRCNNPredictor(12, 4)
+    predictor = MaskXPredictor(8, 8, 5 * 12, stop_gradient=stop_gradient)
+    logits = predictor(torch.randn(3, 8, 14, 14), box)
+    assert logits.shape == (3, 4, 28, 28)
+    logits.sum().backward()
+    assert predictor.transfer.fc1.weight.grad.abs().sum() > 0 and predictor.conv5_mask.weight.grad.abs().sum() > 0
+    reached = box.cls_score.weight.grad is not None and box.cls_score.weight.grad.abs().sum() > 0
+    assert reached != stop_gradient
+    assert (box.bbox_pred.weight.grad is not None) != stop_gradient
+
+
+def test_logits_are_the_transferred_1x1_convolution_plus_the_mlp_branch():
+    torch.manual_seed(2)
+    box = FastRCNNPredictor(12, 4)
+    predictor = MaskXPredictor(8, 6, 12, transfer_input="cls", mlp_branch=True, mlp_hidden=20)
+    x = torch.randn(2, 8, 14, 14)
+    features = torch.relu(predictor.conv5_mask(x))
+    weights = predictor.transfer(box.cls_score.weight)
+    fcn = torch.nn.functional.conv2d(features, weights[:, :, None, None]) + predictor.bias
+    mlp = predictor.mlp(x).view(2, 1, 28, 28)
+    torch.testing.assert_close(predictor(x, box), fcn + mlp)
+
+
+def losses_of(model, labels, seed=3):
+    generator = torch.Generator().manual_seed(seed)
+    targets = random_targets(generator, [(64, 64)] * 2, 5, per_image=3)
+    for target in targets:
+        target["labels"] = torch.tensor(labels)
+    images = [torch.rand(3, 64, 64, generator=generator) for _ in range(2)]
+    return model.train()(images, targets)
+
+
+def test_set_b_objects_give_an_exactly_zero_mask_loss_and_set_a_objects_do_not():
+    torch.manual_seed(4)
+    model = models.create("maskxrcnn_resnet18_fpn", 5, **TINY, mask_classes=[1, 2])
+    only_b = losses_of(model, [3, 4, 3])
+    assert only_b["loss_mask"].item() == 0.0 and only_b["loss_classifier"] > 0
+    sum(only_b.values()).backward()  # the graph stays connected: no error, no NaN
+    assert losses_of(model, [1, 3, 4])["loss_mask"] > 0
+
+
+def test_every_class_gets_masks_at_inference_and_the_baseline_is_class_agnostic():
+    torch.manual_seed(5)
+    model = models.create("maskxrcnn_resnet18_fpn", 5, **TINY, mask_classes=[1], box_score_thresh=0.0).eval()
+    with torch.no_grad():
+        detections = model([torch.rand(3, 64, 64)])[0]
+    assert len(detections["labels"]) > 0 and detections["masks"].shape[1:] == (1, 64, 64)
+    heads = model.roi_heads
+    weights = heads.mask_predictor.class_weights(heads.box_predictor)
+    assert weights.shape == (5, 16) and torch.unique(weights, dim=0).shape[0] == 5  # a mask for every class
+    baseline = models.create("maskrcnn_resnet18_fpn", 5, **TINY, class_agnostic_masks=True, mask_classes=[1, 2])
+    assert baseline.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 1
+    assert torch.isfinite(sum(losses_of(baseline, [1, 2, 4]).values()))
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(ValueError, match="mask_classes is empty"):
+        models.create("maskxrcnn_resnet18_fpn", 5, **TINY, mask_classes=[])
+    with pytest.raises(ValueError, match="transfer_input must be one of"):
+        models.create("maskxrcnn_resnet18_fpn", 5, **TINY, transfer_input="masks")
+
+
+def tiny_config(tmp_path, **overrides):
+    values = dict(model="maskxrcnn_resnet18_fpn", model_options=TINY, data="shapes", image_size=64, num_train=8,
+                  val_split=None, batch_size=2, iters=4, ckpt_every=2, lr=0.01, out=str(tmp_path / "run"),
+                  mask_classes=["circle", "square"])
+    return TrainConfig(**(values | overrides))
+
+
+def test_mask_classes_names_are_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="unknown: \\['hexagon'\\]"):
+        Trainer(tiny_config(tmp_path, mask_classes=["circle", "hexagon"]))
+    with pytest.raises(ValueError, match="instance models only"):
+        Trainer(tiny_config(tmp_path, model="fcn32s_vgg16", model_options={}))
+
+
+def test_mask_x_trains_saves_and_resumes_through_the_standard_checkpoint(tmp_path):
+    train(tiny_config(tmp_path, out=str(tmp_path / "straight")))
+    train(tiny_config(tmp_path, out=str(tmp_path / "resumed"), stop_at=2))
+    train(tiny_config(tmp_path, out=str(tmp_path / "resumed"), resume=True))
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["meta"]["options"]["mask_classes"] == [1, 2] and a["step"] == b["step"] == 4
+    assert any(key.startswith("roi_heads.mask_predictor.transfer.") for key in a["model"])
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    model = models.load(tmp_path / "straight")
+    assert isinstance(model.roi_heads.mask_predictor, MaskXPredictor)
