@@ -23,6 +23,7 @@ bench: $(BIN)/seglab
 	$(BIN)/python benchmarks/semantic.py
 	$(BIN)/python benchmarks/crf.py
 	$(BIN)/python benchmarks/roi.py
+	$(BIN)/python benchmarks/ps_roi.py
 	$(BIN)/python benchmarks/instance.py
 	$(BIN)/python benchmarks/training.py
 

@@ -1,5 +1,6 @@
-"""Mask R-CNN on the CPU: R50-FPN inference latency, seglab vs torchvision with the same weights in the
-same run, and training iterations/s of the small ResNet-18-FPN configuration on Shapes.
+"""Instance models on the CPU. Mask R-CNN R50-FPN inference latency, seglab vs torchvision with the same
+weights in the same run; then every instance model (Mask R-CNN, Mask^X R-CNN, FCIS): ResNet-50 inference
+at 800×1088 and training iterations/s of its small configuration on Shapes, next to Mask R-CNN's.
 
 Inference: torchvision's ``maskrcnn_resnet50_fpn(weights=None)`` (random weights, seeded) converted by
 ``seglab.interop.from_torchvision``; one 800×1088 image; the box score threshold is 0 so that both run
@@ -28,6 +29,9 @@ from seglab.engine.instance import collate_for_model, instance_loss, instance_tr
 from seglab.engine.sampler import SeededTransforms
 
 CONFIG = Path(__file__).parents[1] / "configs" / "maskrcnn_resnet18_fpn_shapes.yaml"
+FAMILY = [("maskrcnn_resnet50_fpn", "maskrcnn_resnet18_fpn"), ("maskxrcnn_resnet50_fpn", "maskxrcnn_resnet18_fpn"),
+          ("fcis_resnet50", "fcis_resnet50")]
+FCIS_SMALL: dict = {}  # filled in when FCIS lands
 
 
 def seconds(fn) -> float:
@@ -52,10 +56,17 @@ def inference_row(repeats: int) -> str:
             f"{a:.3f} s | {b:.3f} s | {a / b:.2f} |")
 
 
-def training_row(steps: int) -> str:
+def small_model(name: str) -> torch.nn.Module:
+    """``name`` with the small configuration of ``configs/maskrcnn_resnet18_fpn_shapes.yaml`` (FCIS: its
+    own small options, ``FCIS_SMALL``), 5 Shapes classes, in training mode."""
     config = load_config(CONFIG)
+    options = FCIS_SMALL if name.startswith("fcis") else config.model_kwargs()
     torch.manual_seed(0)
-    model = seglab.models.create(config.model, 5, **config.model_kwargs()).train()
+    return seglab.models.create(name, 5, **options).train()
+
+
+def steps_per_second(model: torch.nn.Module, steps: int) -> float:
+    """Median SGD steps/s of ``model`` on batches of 8 Shapes scenes at 128 px, float32."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     dataset = SeededTransforms(Shapes("train", 64, image_size=128), instance_transforms(), seed=0)
     batches = [collate_for_model([dataset[(0, i)] for i in range(b * 8, b * 8 + 8)]) for b in range(8)]
@@ -68,9 +79,32 @@ def training_row(steps: int) -> str:
 
     for b in range(2):
         step(b)
-    median = statistics.median(seconds(lambda b=b: step(b)) for b in range(steps))
-    return (f"| maskrcnn_resnet18_fpn (small config) training, batch 8 × 128² | {1 / median:.2f} it/s "
-            f"({median:.2f} s/step) | | |")
+    return 1 / statistics.median(seconds(lambda b=b: step(b)) for b in range(steps))
+
+
+@torch.no_grad()
+def latency(model: torch.nn.Module, repeats: int) -> float:
+    """Median seconds of one 800×1088 image through ``model`` in eval mode, after a warm-up."""
+    image = [torch.rand(3, 800, 1088, generator=torch.Generator().manual_seed(0))]
+    model.eval()(image)
+    return statistics.median(seconds(lambda: model(image)) for _ in range(repeats))
+
+
+def family_rows(repeats: int, steps: int) -> list[str]:
+    """Inference at full size (ResNet-50, random weights, score threshold 0) and small-configuration training
+    speed of each instance model, with the ratio to Mask R-CNN measured in the same run."""
+    rows = ["| model | inference 800×1088 (s) | vs Mask R-CNN | training, small config (it/s) | vs Mask R-CNN |",
+            "|---|---:|---:|---:|---:|"]
+    base = None
+    for full, small in FAMILY:
+        torch.manual_seed(0)
+        threshold = {"box_score_thresh": 0.0} if full.startswith("mask") else {"score_thresh": 0.0}
+        seconds_ = latency(seglab.models.create(full, 91, **threshold), repeats)
+        rate = steps_per_second(small_model(small), steps)
+        base = base or (seconds_, rate)
+        rows.append(f"| {full} / {small} | {seconds_:.3f} | {seconds_ / base[0]:.2f} | {rate:.2f} | "
+                    f"{rate / base[1]:.2f} |")
+    return rows
 
 
 def main() -> None:
@@ -82,7 +116,9 @@ def main() -> None:
           f"torchvision {torchvision.__version__}; float32\n")
     print("| workload | seglab | torchvision (same weights) | ratio (seglab / peer) |\n|---|---:|---:|---:|")
     print(inference_row(args.repeats), flush=True)
-    print(training_row(args.steps), flush=True)
+    print()
+    for row in family_rows(args.repeats, args.steps):
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,12 @@ implementation and workload.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import statistics
-import subprocess
-import sys
-import time
 
 import torch
 import torchvision
 
+import peers
 from seglab import ops
 
 WORKLOADS = [("roi_align", 7, 2), ("roi_align", 7, -1), ("roi_align", 14, 2), ("roi_align", 14, -1),
@@ -50,57 +45,24 @@ def run(impl: str, op: str, size: int, sampling: int | None, features, boxes, ba
         x.grad = None
 
 
-def seconds(*args) -> float:
-    start = time.perf_counter()
-    run(*args)
-    return time.perf_counter() - start
-
-
-def peak_extra_mib(impl: str, op: str, size: int, sampling, backward: bool) -> float:
-    out = subprocess.run([sys.executable, __file__, "--memory-worker", json.dumps([impl, op, size, sampling, backward])],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["extra_mib"]
-
-
-def memory_worker(spec: str) -> None:
-    impl, op, size, sampling, backward = json.loads(spec)
-    features, boxes = load()
-
-    def status(field: str) -> float:
-        line = next(l for l in open("/proc/self/status") if l.startswith(field))
-        return int(line.split()[1]) / 1024
-
-    before = status("VmRSS:")
-    run(impl, op, size, sampling, features, boxes, backward)
-    print(json.dumps({"extra_mib": status("VmHWM:") - before}))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.memory_worker:
-        return memory_worker(args.memory_worker)
+    args = peers.arguments(__doc__)
     features, boxes = load()
-    print(f"CPU {platform.machine()}, {args.threads} torch threads; torch {torch.__version__}, torchvision "
-          f"{torchvision.__version__}; float32; median of {args.repeats} after a warm-up\n")
+    if args.memory_worker:
+        impl, op, size, sampling, backward = json.loads(args.memory_worker)
+        return peers.report_peak(lambda: run(impl, op, size, sampling, features, boxes, backward))
+    print(f"{peers.machine(args.threads)}; float32; median of {args.repeats} after a warm-up\n")
     print("| op | output | sampling | pass | seglab (s) | torchvision (s) | ratio (seglab / peer) | "
           "seglab extra peak (MiB) | torchvision extra peak (MiB) |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for op, size, sampling in WORKLOADS:
         for backward in (False, True):
-            spec = (op, size, sampling, features, boxes, backward)
-            times = {"seglab": [], "torchvision": []}
-            for impl in times:
-                run(impl, *spec)  # warm-up
-            for _ in range(args.repeats):
-                for impl in times:
-                    times[impl].append(seconds(impl, *spec))
-            ours, theirs = (statistics.median(times[i]) for i in ("seglab", "torchvision"))
-            memory = [peak_extra_mib(i, op, size, sampling, backward) for i in ("seglab", "torchvision")]
+            times = peers.interleaved_medians(
+                {impl: lambda impl=impl: run(impl, op, size, sampling, features, boxes, backward)
+                 for impl in ("seglab", "torchvision")}, args.repeats)
+            ours, theirs = times["seglab"], times["torchvision"]
+            memory = [peers.peak_extra_mib(__file__, [impl, op, size, sampling, backward])
+                      for impl in ("seglab", "torchvision")]
             label = "adaptive" if sampling == -1 else ("—" if sampling is None else str(sampling))
             print(f"| {op} | {size}×{size} | {label} | {'forward+backward' if backward else 'forward'} | "
                   f"{ours:.3f} | {theirs:.3f} | {ours / theirs:.2f} | {memory[0]:.0f} | {memory[1]:.0f} |", flush=True)

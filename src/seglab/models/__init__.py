@@ -5,7 +5,7 @@ from pathlib import Path
 
 from torch import nn
 
-from . import deeplab, dilation, fcn, gcn, maskrcnn  # noqa: F401  (registering the models)
+from . import deeplab, dilation, fcis, fcn, gcn, maskrcnn  # noqa: F401  (registering the models)
 from .registry import count_parameters, create, entry, names, register
 
 

@@ -123,17 +123,24 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_
     pixel centres line up (Detectron2); without it RoIs are at least 1×1. Samples beyond one pixel
     outside the map count as zero.
     """
-    rois, (pooled_h, pooled_w) = _rois(input, boxes), _pair(output_size)
-    channels, height, width = input.shape[1:]
-    start, bins, grid = _align_samples(rois, (pooled_h, pooled_w), spatial_scale, sampling_ratio, aligned)
+    return _align_gather(_channels_last_table(input), _rois(input, boxes), _pair(output_size), spatial_scale,
+                         sampling_ratio, aligned, input.shape[-2:])
+
+
+def _align_gather(table: Tensor, rois: Tensor, pooled: tuple[int, int], spatial_scale: float, sampling_ratio: int,
+                  aligned: bool, size: tuple[int, int], cell_rows: Tensor | None = None) -> Tensor:
+    """RoIAlign's bins gathered from a channels-last ``table`` (rows: (n, y, x) of maps of ``size`` (H, W))
+    → (K, C, ph, pw), channels-last in memory. ``cell_rows`` (ph·pw,), if given, is added to the row index
+    of each output bin (ph, pw) in row-major order: the position-sensitive table's block for that bin."""
+    start, bins, grid = _align_samples(rois, pooled, spatial_scale, sampling_ratio, aligned)
     image = rois[:, 0].long()
-    out = _gather_rois(_align_chunk, _channels_last_table(input), grid[:, 0] * grid[:, 1] * pooled_h * pooled_w * 4,
-                       pooled_h * pooled_w, lambda a, b: (image[a:b], start[a:b], bins[a:b], grid[a:b],
-                                                          (height, width), (pooled_h, pooled_w)))
-    return out.view(-1, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
+    cells = pooled[0] * pooled[1]
+    out = _gather_rois(_align_chunk, table, grid[:, 0] * grid[:, 1] * cells * 4, cells,
+                       lambda a, b: (image[a:b], start[a:b], bins[a:b], grid[a:b], tuple(size), pooled, cell_rows))
+    return out.view(-1, *pooled, table.shape[1]).permute(0, 3, 1, 2)
 
 
-def _align_chunk(table, image, start, bins, grid, size, pooled):
+def _align_chunk(table, image, start, bins, grid, size, pooled, cell_rows=None):
     """RoIAlign of a chunk of RoIs: one embedding_bag bag per output bin, 4 taps per sample."""
     height, width = size
     pooled_h, pooled_w = pooled
@@ -160,6 +167,8 @@ def _align_chunk(table, image, start, bins, grid, size, pooled):
     scale = (y_ok & x_ok).to(dtype) / counts[bin_of_sample].clamp_min(1).to(dtype)
     hy, hx = 1 - ly, 1 - lx
     base = image[roi] * (height * width)
+    if cell_rows is not None:
+        base = base + cell_rows[cell]
     index = torch.stack([base + y_low * width + x_low, base + y_low * width + x_high,
                          base + y_high * width + x_low, base + y_high * width + x_high], 1).reshape(-1)
     weight = (torch.stack([hy * hx, hy * lx, ly * hx, ly * lx], 1) * scale[:, None]).reshape(-1).to(table.dtype)

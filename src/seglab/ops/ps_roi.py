@@ -1,0 +1,70 @@
+"""Position-sensitive RoIAlign (R-FCN, arXiv:1605.06409 §2; FCIS's "assembling", arXiv:1611.07709 §3.1) in
+vectorised PyTorch, with ``torchvision.ops.ps_roi_align``'s signature and semantics.
+
+The input holds one group of ``out_channels`` maps per cell of a k×k grid over the RoI; output bin (i, j)
+averages bilinear samples of its own cell's maps only. This is RoIAlign (``aligned=True`` arithmetic,
+torchvision's) gathered from a channels-last table whose rows are blocked by cell, (k·k·N·H·W, out_channels):
+each bin's gather indices are offset to its cell's block, so the same embedding_bag gather (and its chunking
+and checkpointing under autograd) serves both ops.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .roi import _align_gather, _pair, _rois
+
+__all__ = ["ps_roi_align", "PSRoIAlign"]
+
+
+def ps_roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_scale: float = 1.0,
+                 sampling_ratio: int = -1, group_size=None) -> Tensor:
+    """(N, out_channels·kh·kw, H, W) score maps and K boxes → (K, out_channels, ph, pw), as
+    ``torchvision.ops.ps_roi_align`` when ``group_size`` is None (k = output size).
+
+    Boxes are (K, 5) ``(batch index, x1, y1, x2, y2)`` or a list of per-image (Ki, 4), xyxy in input-image
+    pixels, scaled by ``spatial_scale`` and shifted by −0.5 pixel (no minimum size). Output bin (i, j) of
+    channel c averages ``sampling_ratio``² bilinear samples (``ceil(bin size)`` per axis when
+    ``sampling_ratio <= 0``) of input channel c·kh·kw + (i·kh // ph)·kw + (j·kw // pw): with ``group_size``
+    (kh, kw) coarser than the output, each cell of the k×k grid covers several output bins (FCIS assembles
+    21×21 RoI maps from 7×7 cells). Samples beyond one pixel outside the map count as zero; a bin without
+    samples (an adaptive grid over an empty box) is 0 where torchvision divides 0 by 0.
+    """
+    if input.dim() != 4:
+        raise ValueError(f"input must be (N, C, H, W), got shape {tuple(input.shape)}")
+    pooled = _pair(output_size)
+    group = pooled if group_size is None else _pair(group_size)
+    if min(*pooled, *group) < 1:
+        raise ValueError(f"output_size and group_size must be positive, got {output_size} and {group_size}")
+    batch, channels, height, width = input.shape
+    cells = group[0] * group[1]
+    if channels % cells:
+        raise ValueError(f"input channels ({channels}) must be a multiple of the {group[0]}×{group[1]} cells "
+                         f"of the position-sensitive grid ({cells})")
+    table = input.reshape(batch, channels // cells, cells, height, width).permute(2, 0, 3, 4, 1)
+    table = table.reshape(cells * batch * height * width, channels // cells)
+    return _align_gather(table, _rois(input, boxes), pooled, spatial_scale, sampling_ratio, True, (height, width),
+                         _cell_rows(pooled, group, batch * height * width, input.device))
+
+
+def _cell_rows(pooled: tuple[int, int], group: tuple[int, int], block: int, device) -> Tensor:
+    """(ph·pw,) first table row of the cell each output bin reads: cell (i·kh // ph, j·kw // pw) × ``block``."""
+    rows = torch.arange(pooled[0], device=device) * group[0] // pooled[0]
+    cols = torch.arange(pooled[1], device=device) * group[1] // pooled[1]
+    return ((rows[:, None] * group[1] + cols[None, :]) * block).reshape(-1)
+
+
+class PSRoIAlign(nn.Module):
+    """Module form of :func:`ps_roi_align` (``torchvision.ops.PSRoIAlign``, plus ``group_size``)."""
+
+    def __init__(self, output_size, spatial_scale: float, sampling_ratio: int, group_size=None):
+        super().__init__()
+        self.output_size, self.spatial_scale = output_size, spatial_scale
+        self.sampling_ratio, self.group_size = sampling_ratio, group_size
+
+    def forward(self, input: Tensor, rois: Tensor | list[Tensor]) -> Tensor:
+        return ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.group_size)
+
+    def extra_repr(self) -> str:
+        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+                f"sampling_ratio={self.sampling_ratio}, group_size={self.group_size}")
