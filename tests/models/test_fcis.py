@@ -9,6 +9,7 @@ from test_maskrcnn import random_targets
 
 from seglab import models
 from seglab.models.fcis import FCISRoIHeads, PSScoreMaps, mask_voting, ohem_select
+from seglab.models.maskrcnn.matching import label_proposals
 
 SMALL = dict(width_mult=0.25, reduce_channels=64, min_size=64, max_size=64, anchor_sizes=(16, 32, 64),
              rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=200,
@@ -113,7 +114,7 @@ def test_ohem_losses_are_the_means_over_the_selected_rois():
     corner = torch.rand(12, 2, generator=g, dtype=torch.float64) * 40
     proposals = [torch.cat([corner, corner + 8 + torch.rand(12, 2, generator=g, dtype=torch.float64) * 24], 1)]
     losses = heads.loss(score_maps, box_maps, proposals, targets)
-    rois, labels, matched = heads.assign(proposals, targets)
+    rois, labels, matched = label_proposals(proposals, targets, heads.fg_iou_thresh, heads.bg_iou_thresh)
     per_roi = heads.per_roi_losses(*heads.assemble(score_maps, rois), heads.regress(box_maps, rois), rois, labels,
                                    matched, targets)
     top = sum(per_roi.values()).topk(4).indices

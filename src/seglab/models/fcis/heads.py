@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from ...ops import ps_roi_align
 from ..maskrcnn import BoxCoder
 from ..maskrcnn.masks import mask_targets
-from ..maskrcnn.matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match, sample_balanced
+from ..maskrcnn.matching import label_proposals, sample_balanced
 from .joint import joint_scores, ohem_select
 from .voting import mask_voting
 
@@ -97,30 +97,10 @@ class FCISRoIHeads(nn.Module):
             raise ValueError("the FCIS RoI heads need targets in training mode")
         return [], self.loss(score_maps, box_maps, proposals, targets)
 
-    def assign(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
-               ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Per image: the RoIs (proposals then ground-truth boxes), their labels (0 background, −1 between the
-        thresholds) and the index of the ground truth each is matched to (0 where there is none)."""
-        rois, labels, matched = [], [], []
-        for proposals_i, target in zip(proposals, targets):
-            gt_boxes = target["boxes"].to(proposals_i.dtype)
-            rois_i = torch.cat([proposals_i, gt_boxes])
-            if len(gt_boxes):
-                matches = match(box_iou(gt_boxes, rois_i), self.fg_iou_thresh, self.bg_iou_thresh)
-                label = target["labels"][matches.clamp(min=0)]
-            else:  # an image without objects: all background
-                matches = torch.full((len(rois_i),), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=rois_i.device)
-                label = torch.zeros_like(matches)
-            label = label.masked_fill(matches == BELOW_LOW_THRESHOLD, 0).masked_fill(matches == BETWEEN_THRESHOLDS, -1)
-            rois.append(rois_i)
-            labels.append(label)
-            matched.append(matches.clamp(min=0))
-        return rois, labels, matched
-
     def loss(self, score_maps: Tensor, box_maps: Tensor, proposals: list[Tensor],
              targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """The three RoI losses (see the class)."""
-        rois, labels, matched = self.assign(proposals, targets)
+        rois, labels, matched = label_proposals(proposals, targets, self.fg_iou_thresh, self.bg_iou_thresh)
         if self.ohem:
             chosen = [torch.where(label >= 0)[0] for label in labels]
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_iou
 
 BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS = -1, -2
 
@@ -51,3 +52,25 @@ def sample_balanced(labels: list[Tensor], batch_size_per_image: int, positive_fr
             mask[indices] = True
             masks.append(mask)
     return positives, negatives
+
+
+def label_proposals(proposals: list[Tensor], targets: list[dict[str, Tensor]], fg_iou_thresh: float,
+                    bg_iou_thresh: float) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Per image: the RoIs (proposals (P,4) then the ground-truth boxes), their labels (the matched ground
+    truth's class at IoU ≥ ``fg_iou_thresh``, 0 = background below ``bg_iou_thresh``, −1 between) and the
+    index of the ground truth each is matched to (0 where there is none)."""
+    rois, labels, matched = [], [], []
+    for proposals_i, target in zip(proposals, targets):
+        gt_boxes = target["boxes"].to(proposals_i.dtype)
+        rois_i = torch.cat([proposals_i, gt_boxes])
+        if len(gt_boxes):
+            matches = match(box_iou(gt_boxes, rois_i), fg_iou_thresh, bg_iou_thresh)
+            label = target["labels"][matches.clamp(min=0)]
+        else:  # an image without objects: all background
+            matches = torch.full((len(rois_i),), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=rois_i.device)
+            label = torch.zeros_like(matches)
+        label = label.masked_fill(matches == BELOW_LOW_THRESHOLD, 0).masked_fill(matches == BETWEEN_THRESHOLDS, -1)
+        rois.append(rois_i)
+        labels.append(label)
+        matched.append(matches.clamp(min=0))
+    return rois, labels, matched

@@ -7,11 +7,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from .box_coder import BoxCoder
 from .masks import class_masks, mask_loss
-from .matching import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, match, sample_balanced
+from .matching import label_proposals, sample_balanced
 
 
 class TwoMLPHead(nn.Module):
@@ -102,19 +102,7 @@ class RoIHeads(nn.Module):
                ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Training proposals (ground truth added), sampled → per image: proposals (S,4), their labels (S,)
         (0 = background) and the index of their matched ground truth (S,)."""
-        sampled_proposals, labels, matched = [], [], []
-        for proposals_i, target in zip(proposals, targets):
-            gt_boxes = target["boxes"].to(proposals_i.dtype)
-            proposals_i = torch.cat([proposals_i, gt_boxes])
-            if gt_boxes.numel():
-                matches = match(box_iou(gt_boxes, proposals_i), self.fg_iou_thresh, self.bg_iou_thresh)
-                label = target["labels"][matches.clamp(min=0)].masked_fill(matches == BELOW_LOW_THRESHOLD, 0)
-                label = label.masked_fill(matches == BETWEEN_THRESHOLDS, -1)
-            else:  # an image without objects: all background
-                matches = label = torch.zeros(len(proposals_i), dtype=torch.int64, device=proposals_i.device)
-            sampled_proposals.append(proposals_i)
-            labels.append(label)
-            matched.append(matches.clamp(min=0))
+        sampled_proposals, labels, matched = label_proposals(proposals, targets, self.fg_iou_thresh, self.bg_iou_thresh)
         positive, negative = sample_balanced(labels, self.batch_size_per_image, self.positive_fraction)
         keep = [torch.where(p | n)[0] for p, n in zip(positive, negative)]
         return ([p[k] for p, k in zip(sampled_proposals, keep)], [x[k] for x, k in zip(labels, keep)],
