@@ -5,7 +5,8 @@ triangles and stars only boxes (set B). Two models train on the same data for th
 2. Mask^X R-CNN (class masks predicted by the weight transfer τ from the box head's weights).
 
 Both start from ``configs/maskrcnn_resnet18_fpn_shapes.yaml`` (the small configuration) and are scored on
-the held-out Shapes val scenes with COCOeval: mask AP on set B (the point of the paper), on set A, and box AP.
+the held-out Shapes val scenes with COCOeval: mask AP on set B (the point of the paper) next to box AP on set B
+(masks can only be as good as the detections they belong to), and both on set A.
 
     python scripts/maskx_partial_shapes.py [--iters 600] [--out runs/maskx_shapes]
 """
@@ -31,8 +32,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=600)
     parser.add_argument("--out", default="runs/maskx_shapes")
     args = parser.parse_args()
-    rows = ["| model | mask AP, set B (no masks in training) | mask AP50, set B | mask AP, set A | box AP, all |",
-            "|---|---:|---:|---:|---:|"]
+    rows = ["| model | mask AP, set B (no masks in training) | mask AP50 / AP75, set B | box AP, set B | "
+            "mask AP, set A | box AP, set A |", "|---|---:|---:|---:|---:|---:|"]
     for name, (model, options) in RUNS.items():
         out = Path(args.out) / model
         config = load_config(CONFIG, {"model": model, "model_options": options, "mask_classes": SET_A,
@@ -43,10 +44,10 @@ def main() -> None:
         labels = {group: [val_set.classes.index(c) for c in names] for group, names in (("A", SET_A), ("B", SET_B))}
         set_b, _ = evaluate_instances(trained, val_set, labels=labels["B"])
         set_a, _ = evaluate_instances(trained, val_set, labels=labels["A"])
-        every, _ = evaluate_instances(trained, val_set)
-        (out / "partial_supervision.json").write_text(json.dumps({"B": set_b, "A": set_a, "all": every}, indent=2))
-        rows.append(f"| {name} | {100 * set_b['segm']['AP']:.1f} | {100 * set_b['segm']['AP50']:.1f} | "
-                    f"{100 * set_a['segm']['AP']:.1f} | {100 * every['bbox']['AP']:.1f} |")
+        (out / "partial_supervision.json").write_text(json.dumps({"B": set_b, "A": set_a}, indent=2))
+        rows.append(f"| {name} | {100 * set_b['segm']['AP']:.1f} | {100 * set_b['segm']['AP50']:.1f} / "
+                    f"{100 * set_b['segm']['AP75']:.1f} | {100 * set_b['bbox']['AP']:.1f} | "
+                    f"{100 * set_a['segm']['AP']:.1f} | {100 * set_a['bbox']['AP']:.1f} |")
         print("\n".join(rows), flush=True)
 
 

@@ -126,3 +126,14 @@ def test_mask_x_trains_saves_and_resumes_through_the_standard_checkpoint(tmp_pat
         assert torch.equal(value, b["model"][key]), key
     model = models.load(tmp_path / "straight")
     assert isinstance(model.roi_heads.mask_predictor, MaskXPredictor)
+
+
+@pytest.mark.parametrize("name, options", [("maskxrcnn_resnet18_fpn", TINY),
+                                           ("fcis_resnet50", dict(width_mult=0.125, reduce_channels=16,
+                                                                  min_size=64, max_size=64))])
+def test_a_ground_truth_box_of_zero_area_is_a_clear_error(name, options):
+    model = models.create(name, 5, **options).train()
+    target = {"boxes": torch.tensor([[10.0, 10.0, 10.0, 30.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 64, 64, dtype=torch.uint8)}
+    with pytest.raises(ValueError, match="no positive width and height"):
+        model([torch.rand(3, 64, 64)], [target])

@@ -17,7 +17,7 @@ from ..registry import register
 from .model import MaskRCNN, _maskrcnn_resnet_fpn
 from .roi_heads import FastRCNNPredictor
 
-PAPER = "Hu et al., Learning to Segment Every Thing, arXiv:1711.10370"
+PAPER = "Hu et al. — Learning to Segment Every Thing (arXiv:1711.10370)"
 
 TRANSFER_INPUTS = ("cls", "box", "cls+box")
 
