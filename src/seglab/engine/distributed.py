@@ -69,11 +69,6 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return reduced
 
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
-
-
 def shard_indices(length: int) -> range:
     """This rank's items ``rank, rank + world, …`` of ``length``: every item on exactly one rank, none
     repeated (``DistributedSampler`` pads by repeating items, which would count them twice in a metric)."""

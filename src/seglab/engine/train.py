@@ -120,13 +120,21 @@ class Trainer:
         self.train_set, self.val_set, self.num_classes = build_datasets(config)
         self.task = entry(config.model).task
         self.best_metric = config.best_metric or ("miou" if self.task == "semantic" else "segm_AP")
-        self.model = create(config.model, self.num_classes, **self._model_options()).to(self.device)
+        options = self._model_options()
+        self.model = create(config.model, self.num_classes, **options).to(self.device)
+        if config.sync_bn:
+            if not (distributed.active() and self.device.type == "cuda"):
+                raise ValueError("sync_bn needs torchrun on CUDA devices (SyncBatchNorm reduces through NCCL)")
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         if config.frozen_bn:
             frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in self.model.modules())
             self._say(f"seglab: {frozen} BatchNorm layers frozen (FrozenBatchNorm2d: fixed statistics and affine)")
-        self.trained = self._parallel(self.model)  # what the loop calls: the model, or its DDP wrapper
+        self.trained = self.model  # what the loop calls: the model, or under torchrun its DDP wrapper
+        if distributed.active():
+            self.trained = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                                   else None)
         world = distributed.world_size()
         self.batches_per_epoch = len(self.train_set) // (config.batch_size * world * config.accumulate)
         self.total = config.epochs * self.batches_per_epoch if config.epochs else config.iters
@@ -137,7 +145,7 @@ class Trainer:
         self.stop_requested = False
         self.meta = {
             "model": config.model,
-            "options": self._model_options() | {"weights_backbone": None, "weights": None},
+            "options": options | {"weights_backbone": None, "weights": None},
             "num_classes": self.num_classes, "classes": list(self.train_set.classes)[:self.num_classes],
             "palette": [list(c) for c in self.train_set.palette], "mean": list(data.IMAGENET_MEAN),
             "std": list(data.IMAGENET_STD), "task": self.task,
@@ -159,17 +167,6 @@ class Trainer:
         if unknown or not names:
             raise ValueError(f"mask_classes must name at least one class among {classes[1:]}; unknown: {unknown}")
         return options | {"mask_classes": sorted(classes.index(name) for name in names)}
-
-    def _parallel(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` wrapped in DistributedDataParallel under torchrun (SyncBatchNorm first if asked)."""
-        if self.config.sync_bn:
-            if not (distributed.active() and self.device.type == "cuda"):
-                raise ValueError("sync_bn needs torchrun on CUDA devices (SyncBatchNorm reduces through NCCL)")
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            self.model = model
-        if not distributed.active():
-            return model
-        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
 
     def _say(self, message: str) -> None:
         if self.main:
@@ -259,7 +256,8 @@ class Trainer:
 
     def train_step(self, micro_batches: list) -> tuple[float, bool]:
         """Forward and backward over the micro-batches of one step; returns (the loss of the global
-        batch, whether loss and gradients are finite). Also agrees on a stop request across processes."""
+        batch, whether loss and gradients are finite). Also agrees on a stop request across processes: one
+        all-reduce of (loss, stop request, non-finite gradients), the one host sync of the step."""
         normalizer = None
         if self.task == "semantic":  # labelled pixels of the global batch, over the processes' world size
             valid = sum((masks != IGNORE_INDEX).sum() for _, masks in micro_batches).to(self.device, torch.float64)
@@ -268,24 +266,26 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for index, (images, targets) in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
-            no_sync = self.trained.no_sync() if self.trained is not self.model and not last else contextlib.nullcontext()
-            with no_sync:
+            parallel = isinstance(self.trained, DistributedDataParallel)
+            with self.trained.no_sync() if parallel and not last else contextlib.nullcontext():
                 loss = self._loss(images, targets, normalizer)
                 self.scaler.scale(loss).backward()
             total += loss.detach().float()
-        stats = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(self.stop_requested), device=self.device)]))
-        loss_value, stop = stats.tolist()  # the one host sync per step
+        flags = torch.tensor([float(self.stop_requested)], device=self.device)
+        stats = distributed.all_reduce_sum(torch.cat([total[None], flags, self._nonfinite_gradients()]))
+        loss_value, stop, nonfinite = stats.tolist()
         self.stop_requested = stop > 0
         loss_value /= distributed.world_size()
-        return loss_value, math.isfinite(loss_value) and self._gradients_finite()
+        return loss_value, math.isfinite(loss_value) and nonfinite == 0
 
-    def _gradients_finite(self) -> bool:
-        """Whether every gradient is finite (after DDP's all-reduce: the same answer on every process).
-        With fp16 gradient scaling the scaler checks instead (and skips such steps itself)."""
-        if self.scaler.is_enabled():
-            return True
-        norms = [torch.linalg.vector_norm(p.grad) for p in self.model.parameters() if p.grad is not None]
-        return not norms or bool(torch.isfinite(torch.stack(norms)).all())
+    def _nonfinite_gradients(self) -> torch.Tensor:
+        """(1,) 1.0 if some gradient holds NaN/inf, else 0.0 (after DDP's all-reduce: the same on every
+        process). With fp16 gradient scaling the scaler checks instead (and skips such steps itself)."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.scaler.is_enabled() or not grads:
+            return torch.zeros(1, device=self.device)
+        norms = torch.stack([torch.linalg.vector_norm(g).float() for g in grads])
+        return (~torch.isfinite(norms).all()).float()[None]
 
     def _nonfinite(self, loss_value: float) -> None:
         """Skip the step (``skip_nonfinite``) or stop training with the last good checkpoint intact."""
