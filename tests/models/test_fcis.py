@@ -1,11 +1,14 @@
 """FCIS: the instance I/O convention in training and eval on 64-pixel images, the joint formulation and the box
 branch against a numpy computation, mask voting and OHEM against hand examples, gradients, images without
 objects, the paper's layout (dilated conv5, map widths) and the registry."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_maskrcnn import random_targets
+
+from test_maskrcnn import assert_close_scaled, no_tf32, random_targets  # noqa: F401 (a fixture)
 
 from seglab import models
 from seglab.models.fcis import FCISRoIHeads, PSScoreMaps, mask_voting, ohem_select
@@ -175,3 +178,34 @@ def test_registry_lists_both_and_parameter_counts_are_stable():
     heads = (1024 * 1024 * 9 + 1024) + (1024 * 12 + 12) + (1024 * 48 + 48)  # RPN: 3×3 conv, objectness, deltas
     heads += (2048 * 1024 + 1024) + (1024 * 7938 + 7938) + (1024 * 196 + 196)  # conv_new_1, fcis_cls_seg, fcis_bbox
     assert sum(p.numel() for p in model.parameters()) == resnet101_without_fc + heads
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_and_trains(no_tf32):
+    """The small model on CUDA against a CPU copy (float32, TF32 off): conv5 score and box maps, the assembled
+    class and mask logits and the deltas of the same proposals; then eval detections and a training step with
+    gradients for every parameter on CUDA."""
+    torch.manual_seed(12)
+    cpu = models.create("fcis_resnet50", NUM_CLASSES, **SMALL).eval()
+    gpu = copy.deepcopy(cpu).cuda()
+    g = torch.Generator().manual_seed(13)
+    images = [torch.rand(3, 64, 64, generator=g) for _ in range(2)]
+    heads, gpu_heads = cpu.roi_heads, gpu.roi_heads
+    with torch.no_grad():
+        batch, sizes, _ = cpu.transform(images)
+        features, gpu_features = cpu.backbone(batch), gpu.backbone(batch.cuda())
+        maps, gpu_maps = heads.score_maps(features["layer4"]), gpu_heads.score_maps(gpu_features["layer4"])
+        for ours, theirs in zip(gpu_maps, maps):
+            assert_close_scaled(ours.cpu(), theirs, 1e-4)
+        proposals = [p[:50] for p in cpu.rpn(features, batch.shape[-2:], sizes)[0]]
+        gpu_proposals = [p.cuda() for p in proposals]
+        for ours, theirs in zip(gpu_heads.assemble(gpu_maps[0], gpu_proposals), heads.assemble(maps[0], proposals)):
+            assert_close_scaled(ours.cpu(), theirs, 1e-4)
+        assert_close_scaled(gpu_heads.regress(gpu_maps[1], gpu_proposals).cpu(), heads.regress(maps[1], proposals), 1e-4)
+        detections = gpu([image.cuda() for image in images])
+    assert all(d["masks"].is_cuda and d["masks"].shape[1:] == (1, 64, 64) for d in detections)
+    targets = [{k: v.cuda() for k, v in t.items()} for t in random_targets(g, [(64, 64)] * 2, NUM_CLASSES, 2)]
+    losses = gpu.train()([image.cuda() for image in images], targets)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(p.grad is not None and p.grad.is_cuda for p in gpu.parameters())

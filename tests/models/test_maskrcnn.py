@@ -50,6 +50,16 @@ def capture(model, names):
     return outputs
 
 
+@pytest.fixture
+def no_tf32():
+    """float32 on both sides of a CUDA-vs-CPU comparison: TF32 off for cuDNN convolutions and matmuls."""
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        yield
+    torch.set_float32_matmul_precision(precision)
+
+
 def assert_close_scaled(got, expected, tol):
     """|got − expected| ≤ tol · max|expected| (features here reach ~10²: an absolute 1e-5 is below their ulp)."""
     scale = expected.abs().max().clamp(min=1)
@@ -388,9 +398,7 @@ def test_bn_eps_option_sets_the_backbone_batch_norm_eps():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu_stage_by_stage_and_trains(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 on both sides
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+def test_cuda_matches_cpu_stage_by_stage_and_trains(no_tf32):
     check_device_matches_cpu(torch.device("cuda"))
 
 
