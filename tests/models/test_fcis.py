@@ -127,6 +127,45 @@ def test_ohem_losses_are_the_means_over_the_selected_rois():
     torch.testing.assert_close(losses["loss_mask"], per_roi["mask"][top].sum() / positives)
 
 
+def test_roi_stage_fits_free_score_maps():
+    """The RoI stage alone (assembling, joint formulation, targets, losses) trained on free, learnable maps at
+    image resolution: jittered ground-truth boxes become confidently classified, boxed and masked. A
+    misaligned assembling or target would keep the mask loss near its start, log 2."""
+    g = torch.Generator().manual_seed(5)
+    targets = random_targets(g, [(48, 48)] * 2, NUM_CLASSES, per_image=2)
+    heads = roi_heads(NUM_CLASSES, 1.0, 3, mask_size=12, batch_size_per_image=64).train()
+    score_maps = torch.zeros(2, NUM_CLASSES * 2 * 9, 48, 48, requires_grad=True)
+    box_maps = torch.zeros(2, 4 * 9, 48, 48, requires_grad=True)
+    optimizer = torch.optim.Adam([score_maps, box_maps], lr=0.05)
+    for _ in range(150):
+        proposals = []
+        for target in targets:
+            boxes = target["boxes"].repeat(8, 1)
+            sizes = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+            corner = torch.rand(16, 2, generator=g) * 30
+            background = torch.cat([corner, corner + 4 + torch.rand(16, 2, generator=g) * 14], 1)
+            proposals.append(torch.cat([boxes + 0.1 * sizes * torch.randn(boxes.shape, generator=g), background]))
+        losses = heads.loss(score_maps, box_maps, proposals, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    assert losses["loss_classifier"] < 0.2 and losses["loss_box_reg"] < 0.1 and losses["loss_mask"] < 0.2, losses
+
+
+def test_score_map_init_options():
+    """"normal": the reference's N(0, 0.01²); "kaiming": He normal (std √(2/fan-in) before the ReLU,
+    √(1/fan-in) for the linear map convs); anything else is refused."""
+    torch.manual_seed(6)
+    normal, kaiming = PSScoreMaps(256, 3, 3, 512), PSScoreMaps(256, 3, 3, 512, init="kaiming")
+    for conv in (normal.conv_new_1, normal.fcis_cls_seg, normal.fcis_bbox):
+        assert conv.weight.std().item() == pytest.approx(0.01, rel=0.05) and not conv.bias.any()
+    assert kaiming.conv_new_1.weight.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.05)
+    for conv in (kaiming.fcis_cls_seg, kaiming.fcis_bbox):
+        assert conv.weight.std().item() == pytest.approx((1 / 512) ** 0.5, rel=0.05) and not conv.bias.any()
+    with pytest.raises(ValueError, match="'normal' or 'kaiming'"):
+        PSScoreMaps(8, 3, 3, 8, init="xavier")
+
+
 def test_gradients_reach_every_parameter(small_model):
     g = torch.Generator().manual_seed(3)
     small_model.train().zero_grad()
@@ -164,6 +203,11 @@ def test_paper_layout_dilated_conv5_and_score_map_widths():
     assert maps.conv_new_1.out_channels == 1024
     assert maps.fcis_cls_seg.out_channels == 2 * 49 * 81 and maps.fcis_bbox.out_channels == 196
     assert model.rpn.head.cls_logits.in_channels == 1024 and model.rpn.head.cls_logits.out_channels == 12
+    with torch.device("meta"):
+        finer = models.create("fcis_resnet50", 81, output_stride=8)
+    assert finer.backbone.strides == {"layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8}
+    assert finer.roi_heads.spatial_scale == 1 / 8 and finer.transform.size_divisible == 8
+    assert [block.conv2.dilation for block in finer.backbone.layer4] == [(4, 4)] * 3
 
 
 def test_registry_lists_both_and_parameter_counts_are_stable():

@@ -22,16 +22,24 @@ class PSScoreMaps(nn.Module):
     """conv5 features (N, C5, h, w) → a 1×1 conv + ReLU to ``reduce_channels`` (the paper's 1024), then two
     sibling 1×1 convs: inside/outside maps (N, num_classes·2·k², h, w), channel (class·2 + side)·k² + cell
     (side 0 inside, 1 outside; cells row-major), and class-agnostic box maps (N, 4·k², h, w). Names follow
-    the reference code (``conv_new_1``, ``fcis_cls_seg``, ``fcis_bbox``); weights N(0, 0.01²), biases 0."""
+    the reference code (``conv_new_1``, ``fcis_cls_seg``, ``fcis_bbox``); biases 0. ``init``: "normal" is the
+    reference's N(0, 0.01²) for every weight, made for a pretrained conv5; "kaiming" (He normal, fan-in) is for
+    training from scratch, where two stacked 0.01 layers scale conv5's gradient by ~10⁻⁴ and it stops learning."""
 
-    def __init__(self, in_channels: int, num_classes: int, group_size: int = 7, reduce_channels: int = 1024):
+    def __init__(self, in_channels: int, num_classes: int, group_size: int = 7, reduce_channels: int = 1024,
+                 init: str = "normal"):
         super().__init__()
+        if init not in ("normal", "kaiming"):
+            raise ValueError(f"score map init must be 'normal' or 'kaiming', got {init!r}")
         cells = group_size * group_size
         self.conv_new_1 = nn.Conv2d(in_channels, reduce_channels, 1)
         self.fcis_cls_seg = nn.Conv2d(reduce_channels, num_classes * 2 * cells, 1)
         self.fcis_bbox = nn.Conv2d(reduce_channels, 4 * cells, 1)
-        for conv in (self.conv_new_1, self.fcis_cls_seg, self.fcis_bbox):
-            nn.init.normal_(conv.weight, std=0.01)
+        for conv, gain in ((self.conv_new_1, "relu"), (self.fcis_cls_seg, "linear"), (self.fcis_bbox, "linear")):
+            if init == "normal":
+                nn.init.normal_(conv.weight, std=0.01)
+            else:
+                nn.init.kaiming_normal_(conv.weight, nonlinearity=gain)
             nn.init.zeros_(conv.bias)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:

@@ -50,7 +50,8 @@ def fcis(backbone: ResNet, num_classes: int, *, min_size: int | Sequence[int] = 
          rpn_pre_nms_top_n_train: int = 6000, rpn_pre_nms_top_n_test: int = 6000,
          rpn_post_nms_top_n_train: int = 300, rpn_post_nms_top_n_test: int = 300, rpn_nms_thresh: float = 0.7,
          rpn_fg_iou_thresh: float = 0.7, rpn_bg_iou_thresh: float = 0.3, rpn_batch_size_per_image: int = 256,
-         rpn_positive_fraction: float = 0.5, reduce_channels: int = 1024, group_size: int = 7, mask_size: int = 21,
+         rpn_positive_fraction: float = 0.5, reduce_channels: int = 1024, score_map_init: str = "normal",
+         group_size: int = 7, mask_size: int = 21,
          sampling_ratio: int = -1, ohem: bool = True, box_batch_size_per_image: int = 128,
          box_positive_fraction: float = 0.25, box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5,
          bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), box_score_thresh: float = 0.05, box_nms_thresh: float = 0.3,
@@ -60,7 +61,8 @@ def fcis(backbone: ResNet, num_classes: int, *, min_size: int | Sequence[int] = 
     Defaults are the paper's and its reference code's COCO settings: short side 600 (long ≤ 1000), anchors
     64..512 px (scales 4..32 of stride 16) × ratios 0.5/1/2 on conv4, 300 proposals (6000 before NMS) in
     training and test, k = 7 cells assembled into 21×21 RoI maps, OHEM keeping 128 of the RoIs per image,
-    NMS 0.3 and mask voting at IoU 0.5. ``reduce_channels`` is the 1×1 conv on conv5 (1024). The RPN options
+    NMS 0.3 and mask voting at IoU 0.5. ``reduce_channels`` is the 1×1 conv on conv5 (1024), ``score_map_init``
+    its and the map convs' init (:class:`PSScoreMaps`). The RPN options
     are Mask R-CNN's (same names); ``box_*`` configure the RoI stage (:class:`FCISRoIHeads`).
     """
     strides, channels = backbone.strides, backbone.channels
@@ -75,7 +77,7 @@ def fcis(backbone: ResNet, num_classes: int, *, min_size: int | Sequence[int] = 
         pre_nms_top_n={"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
         post_nms_top_n={"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test})
     roi_heads = FCISRoIHeads(
-        PSScoreMaps(channels[MAP_FEATURE], num_classes, group_size, reduce_channels), num_classes,
+        PSScoreMaps(channels[MAP_FEATURE], num_classes, group_size, reduce_channels, score_map_init), num_classes,
         1.0 / strides[MAP_FEATURE], feature=MAP_FEATURE, group_size=group_size, mask_size=mask_size,
         sampling_ratio=sampling_ratio, fg_iou_thresh=box_fg_iou_thresh, bg_iou_thresh=box_bg_iou_thresh,
         batch_size_per_image=box_batch_size_per_image, positive_fraction=box_positive_fraction, ohem=ohem,
@@ -86,14 +88,15 @@ def fcis(backbone: ResNet, num_classes: int, *, min_size: int | Sequence[int] = 
 
 
 def _fcis_resnet(depth: int, num_classes: int, *, width_mult: float = 1.0, frozen_bn: bool = True,
-                 trainable_backbone_layers: int = 3, weights_backbone: str | None = None, weights: str | None = None,
-                 **options) -> FCIS:
+                 trainable_backbone_layers: int = 3, output_stride: int = 16, weights_backbone: str | None = None,
+                 weights: str | None = None, **options) -> FCIS:
     """``fcis`` on ResNet-``depth`` at output stride 16 with every conv5 unit dilated 2 (the paper's "hole
-    algorithm on all the convolutional layers of conv5", i.e. multi-grid (1, 1, 1)). Backbone defaults as
+    algorithm on all the convolutional layers of conv5", i.e. multi-grid (1, 1, 1)); ``output_stride=8``
+    dilates conv4 as well (2) and conv5 by 4, for objects that span few cells at 16. Backbone defaults as
     the reference code fine-tunes from ImageNet: BatchNorm frozen, conv1 and conv2_x (layer1) frozen; from
     scratch, pass ``frozen_bn=False, trainable_backbone_layers=5``. ``width_mult`` scales the ResNet's widths;
     ``weights``: a seglab checkpoint or state dict on disk (strict)."""
-    backbone = resnet_backbone(depth, output_stride=16, multi_grid=(1, 1, 1), width_mult=width_mult,
+    backbone = resnet_backbone(depth, output_stride=output_stride, multi_grid=(1, 1, 1), width_mult=width_mult,
                                weights_backbone=weights_backbone, frozen_bn=frozen_bn)
     return load_weights(fcis(freeze_layers(backbone, trainable_backbone_layers), num_classes, **options), weights)
 
