@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test bench clean
 
-$(BIN)/seglab: pyproject.toml scripts/install_pydensecrf.sh
+$(BIN)/seglab: pyproject.toml scripts/install_pydensecrf.sh scripts/install_chromium.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
 	bash scripts/install_pydensecrf.sh $(BIN)/python  # the dense-CRF peer (C++), built from its sdist
+	bash scripts/install_chromium.sh  # headless browser for the HTML report's test (apt-get, as root)
 	touch $(BIN)/seglab
 
 demo: $(BIN)/seglab
@@ -25,6 +26,7 @@ bench: $(BIN)/seglab
 	$(BIN)/python benchmarks/roi.py
 	$(BIN)/python benchmarks/ps_roi.py
 	$(BIN)/python benchmarks/instance.py
+	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/training.py
 
 clean:

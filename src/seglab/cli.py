@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 import types
 import typing
 from pathlib import Path
@@ -148,22 +149,37 @@ def _is_instance(args, meta) -> bool:
     return True
 
 
+def _output_dir(path: Path) -> Path:
+    """``path``, created if missing; a ValueError naming it when it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        raise ValueError(f"cannot write to the output directory {path}: {error.strerror or error}") from error
+    return path
+
+
 def cmd_eval(args) -> None:
+    from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate, write_report
     from .engine.instance import evaluate_instances, write_instance_report
 
     checkpoint, model, dataset = _eval_setup(args)
     meta = model.meta
-    out = Path(args.out or checkpoint.parent / "eval")
+    out = _output_dir(Path(args.out or checkpoint.parent / "eval"))
+    run = {"config": load_checkpoint(checkpoint).get("config"), "run_dir": checkpoint.parent}  # for report.html
     if _is_instance(args, meta):
-        result, visuals = evaluate_instances(model, dataset)
-        print(write_instance_report(result, meta["classes"], meta["palette"], visuals, out))
-        print(f"wrote {out}/metrics.json (COCO box and mask AP), overlays.png")
+        curves = {}
+        result, visuals = evaluate_instances(model, dataset, curves=curves)
+        print(write_instance_report(result, meta["classes"], meta["palette"], visuals, out, curves=curves, **run))
+        print(f"wrote {out}/metrics.json (COCO box and mask AP), overlays.png, report.html")
         return
     result, visuals = evaluate(model, dataset, meta["num_classes"], meta["mean"], meta["std"],
                                batch_size=args.batch_size, **_inference_options(args))
-    print(write_report(result, meta["classes"], meta["palette"], visuals, out))
-    print(f"wrote {out}/metrics.json, per_class_iou.png, overlays.png")
+    print(write_report(result, meta["classes"], meta["palette"], visuals, out, **run))
+    if "without_crf" in result:
+        print(f"without the CRF: mIoU {100 * result['without_crf']['miou']:.2f}")
+    print(f"wrote {out}/metrics.json, per_class_iou.png, overlays.png, report.html")
 
 
 def cmd_crf_tune(args) -> None:
@@ -199,7 +215,15 @@ def cmd_predict(args) -> None:
     from . import models
     from .engine.predict import predict_files
 
-    model = models.load(args.checkpoint, device=args.device, **_model_options(args))
+    if args.onnx:
+        from .export import OnnxModel
+
+        if args.model_options:
+            raise ValueError("--model-option applies to --checkpoint: an ONNX file's options were fixed at export")
+        model = OnnxModel(args.onnx)
+    else:
+        model = models.load(args.checkpoint, device=args.device, **_model_options(args))
+    _output_dir(Path(args.out))
     if _is_instance(args, model.meta):
         from .engine.instance import predict_instance_files
 
@@ -211,6 +235,27 @@ def cmd_predict(args) -> None:
     written = predict_files(model, args.images, args.out, fmt=args.format, **_inference_options(args))
     labels = f" and Cityscapes label ids to {Path(args.out) / 'labelIds'}" if args.format == "cityscapes" else ""
     print(f"wrote {len(written)} masks and overlays to {args.out}{labels}")
+
+
+def cmd_export(args) -> None:
+    from . import models
+    from .export import default_meta, to_onnx
+
+    if args.checkpoint:
+        if args.model or args.weights or args.num_classes:
+            raise ValueError("--checkpoint brings the model, its weights and classes: drop --model, --weights and "
+                             "--num-classes")
+        model = models.load(args.checkpoint, **_model_options(args))
+        meta = model.meta
+    elif args.model:
+        task, options = models.entry(args.model).task, _model_options(args)
+        num_classes = args.num_classes or (91 if task == "instance" else 21)
+        model = models.create(args.model, num_classes, weights=args.weights, **options)
+        meta = default_meta(args.model, task, num_classes, options)
+    else:
+        raise ValueError("export needs --model NAME or --checkpoint RUN_DIR|FILE.pt")
+    _output_dir(Path(args.out).parent)
+    print(to_onnx(model, args.out, args.height, args.width, dynamic=not args.static, opset=args.opset, meta=meta))
 
 
 def cmd_models(args) -> None:
@@ -275,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="predict masks and overlays for image files")
     predict.add_argument("images", nargs="+")
-    predict.add_argument("--checkpoint", required=True, help="run directory or .pt file")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run directory or .pt file")
+    source.add_argument("--onnx", help="a file written by `seglab export`, run by onnxruntime (no checkpoint needed)")
     predict.add_argument("--out", required=True)
     predict.add_argument("--device", default="cpu")
     predict.add_argument("--score-threshold", type=float, default=0.5, help="instance models: detections drawn")
@@ -304,6 +351,22 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
                       help="override a saved model option where the weights allow")
     tune.set_defaults(func=cmd_crf_tune)
+
+    export_cmd = commands.add_parser("export", help="export a model to ONNX, checked in onnxruntime against PyTorch")
+    export_cmd.add_argument("--model", help="registered model name (random or --weights), or use --checkpoint")
+    export_cmd.add_argument("--weights", help="a seglab checkpoint or state dict for --model")
+    export_cmd.add_argument("--checkpoint", help="run directory or .pt file: model, weights, classes, mean/std")
+    export_cmd.add_argument("--num-classes", type=int, help="with --model (default 21, instance models 91)")
+    export_cmd.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
+                            help="a model option (value parsed as YAML), e.g. width_mult=0.25; repeatable")
+    export_cmd.add_argument("--out", required=True, help="the .onnx file")
+    export_cmd.add_argument("--height", type=int, default=512, help="example input height (fixed with --static)")
+    export_cmd.add_argument("--width", type=int, default=512, help="example input width (fixed with --static)")
+    export_cmd.add_argument("--static", action="store_true",
+                            help="fix the input size (semantic models export dynamic batch/height/width by default; "
+                                 "Mask R-CNN is always fixed)")
+    export_cmd.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's; Mask R-CNN 17)")
+    export_cmd.set_defaults(func=cmd_export)
 
     models_cmd = commands.add_parser("models", help="list registered models with their parameter counts")
     models_cmd.set_defaults(func=cmd_models)

@@ -1,8 +1,8 @@
-"""Palettes, overlays, image grids and training curves (Pillow / matplotlib)."""
+"""Palettes, overlays, image grids and plots: training curves, per-class IoU, confusion matrix, precision-recall
+(Pillow / matplotlib)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -145,7 +145,7 @@ def _agg_figure(width: float, height: float):
 
 
 def plot_curves(metrics_jsonl, out_png) -> None:
-    """Write a PNG of training curves from a run's ``metrics.jsonl``.
+    """Write a PNG of training curves from a run's ``metrics.jsonl`` to ``out_png`` (a path or a binary file).
 
     Lines are JSON dicts with a ``step``: training ones carry ``loss`` and ``lr``, validation ones
     ``val/<metric>`` keys. Panels: loss (log y) vs step, learning rate vs step, and the ``val/``
@@ -175,11 +175,12 @@ def plot_curves(metrics_jsonl, out_png) -> None:
         ax.grid(alpha=0.3)
         if len(keys) > 1:
             ax.legend()
-    fig.savefig(Path(out_png), dpi=100)
+    fig.savefig(out_png, dpi=100, format="png")
 
 
 def plot_per_class_iou(iou: list[float], class_names: list[str], out_png) -> None:
-    """Write a horizontal bar chart PNG of per-class IoU (fractions in [0, 1]; nan shown as n/a)."""
+    """Write a horizontal bar chart PNG of per-class IoU (fractions in [0, 1]; nan shown as n/a) to
+    ``out_png`` (a path or a binary file)."""
     if len(iou) != len(class_names):
         raise ValueError(f"{len(iou)} IoU values for {len(class_names)} class names")
     values = np.nan_to_num(np.asarray(iou, dtype=np.float64), nan=0.0)
@@ -193,7 +194,48 @@ def plot_per_class_iou(iou: list[float], class_names: list[str], out_png) -> Non
     ax.set(yticks=positions, yticklabels=class_names, xlim=(0, 1.12), xlabel="IoU",
            title="per-class IoU")
     ax.invert_yaxis()
-    fig.savefig(Path(out_png), dpi=100)
+    fig.savefig(out_png, dpi=100, format="png")
+
+
+def plot_confusion(confusion, class_names: list[str], out_png) -> None:
+    """Write a heat map PNG of a (C, C) confusion matrix (rows = target, columns = prediction) with each
+    row normalised to sum 1 (rows without pixels stay 0), the fractions printed in the cells for up to
+    25 classes, to ``out_png`` (a path or a binary file)."""
+    counts = np.asarray(confusion, dtype=np.float64)
+    if counts.shape != (len(class_names),) * 2:
+        raise ValueError(f"confusion matrix of shape {counts.shape} for {len(class_names)} class names")
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 2.2 + 0.42 * len(class_names)
+    fig = _agg_figure(size + 0.6, size)
+    ax = fig.subplots()
+    shown = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, shrink=0.8, label="fraction of the target class")
+    positions = np.arange(len(class_names))
+    ax.set(xticks=positions, yticks=positions, xlabel="prediction", ylabel="ground truth",
+           title="confusion matrix (rows normalised)")
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticklabels(class_names)
+    if len(class_names) <= 25:
+        for (row, col), rate in np.ndenumerate(rates):
+            ax.text(col, row, f"{rate:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if rate > 0.5 else "black")
+    fig.savefig(out_png, dpi=100, format="png")
+
+
+def plot_precision_recall(curves: dict[str, dict[str, list[float]]], out_png) -> None:
+    """Write a PNG of precision-recall curves, one panel per IoU type, to ``out_png`` (a path or a binary file).
+
+    ``curves``: ``{iou_type: {label: precision at recall 0, 0.01, …, 1}}`` as ``metrics.coco.precision_recall``
+    gives; NaN points (no ground truth) are left out of the lines.
+    """
+    fig = _agg_figure(4.5 * len(curves), 3.8)
+    for ax, (iou_type, lines) in zip(fig.subplots(1, len(curves), squeeze=False)[0], curves.items()):
+        for label, precision in lines.items():
+            ax.plot(np.linspace(0, 1, len(precision)), precision, label=label)
+        ax.set(title=f"{iou_type} precision-recall", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+    fig.savefig(out_png, dpi=100, format="png")
 
 
 def draw_instances(image, boxes, labels, masks, classes, palette, scores=None, alpha: float = 0.5) -> Image.Image:

@@ -58,6 +58,7 @@ class TrainConfig:
     # bookkeeping
     out: str = "runs/train"
     log_every: int = 10
+    tensorboard: bool = False  # also write loss, lr, validation metrics and overlays as TensorBoard events
     val_every: int = 0  # 0: validate only at the end
     ckpt_every: int = 500
     best_metric: str | None = None  # default: miou (semantic), segm_AP (instance: COCO mask AP)

@@ -108,6 +108,11 @@ def multiscale_logits(model: nn.Module, images: torch.Tensor, scales: Sequence[f
     return total / (len(scales) * (2 if flip else 1))
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters; the CPU for a model without (``seglab.export.OnnxModel``)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 @torch.no_grad()
 def infer_logits(model: nn.Module, images_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
                  crop: Size | None = None, stride: Size | None = None, scales: Sequence[float] = (1.0,),
@@ -117,8 +122,7 @@ def infer_logits(model: nn.Module, images_uint8: torch.Tensor, mean: Sequence[fl
     Whole-image inference by default; ``crop``/``stride`` (pixels) select sliding windows and
     ``scales``/``flip`` test-time augmentation, as in :func:`multiscale_logits`.
     """
-    device = next(model.parameters()).device
-    images = normalize(images_uint8.to(device), mean, std)
+    images = normalize(images_uint8.to(model_device(model)), mean, std)
     return multiscale_logits(model, images, scales=scales, flip=flip, crop=crop, stride=stride)
 
 

@@ -13,10 +13,11 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from .. import viz
+from .. import report, viz
 from . import distributed
 from ..data.coco import collate_instances, instance_annotations
 from ..metrics.coco import coco_results, evaluate_coco, format_coco_table
+from .inference import model_device
 from .predict import read_image
 
 MODEL_KEYS = ("boxes", "labels", "masks")  # what a detection model reads from a target
@@ -64,9 +65,10 @@ def ground_truth(dataset) -> tuple[COCO, dict[int, int], list[int]]:
 
 @torch.no_grad()
 def evaluate_instances(model: nn.Module, dataset, num_visuals: int = 8, progress: bool = True,
-                       labels: Sequence[int] | None = None):
+                       labels: Sequence[int] | None = None, curves: dict | None = None):
     """COCO box and mask AP of ``model`` over ``dataset`` (uint8 images, no transforms); ``labels``: score
-    these classes only (e.g. the box-only set B of partial supervision).
+    these classes only (e.g. the box-only set B of partial supervision); ``curves``: a dict that receives
+    the precision-recall curves of each IoU type (``metrics.coco.precision_recall``; on rank 0 only).
 
     Returns ``(metrics, visuals)``: ``{"bbox": {AP, AP50, ...}, "segm": {...}}`` from COCOeval and up to
     ``num_visuals`` tuples ``(image, target, prediction)`` for the picture grid. Under torchrun each
@@ -88,7 +90,7 @@ def evaluate_instances(model: nn.Module, dataset, num_visuals: int = 8, progress
     model.train(was_training)
     results = distributed.gather_to_main(coco_results(predictions, [image_ids[i] for i in indices], label_to_category))
     category_ids = None if labels is None else [label_to_category[label] for label in labels]
-    metrics = evaluate_coco(coco, results, category_ids=category_ids) if results is not None else None
+    metrics = evaluate_coco(coco, results, category_ids=category_ids, curves=curves) if results is not None else None
     return distributed.broadcast_from_main(metrics), visuals
 
 
@@ -106,15 +108,20 @@ def instance_picture(image, target, prediction, classes, palette, score_threshol
                                prediction["masks"][keep, 0] > 0.5, classes, palette, prediction["scores"][keep])]
 
 
-def write_instance_report(metrics: dict, classes: Sequence[str], palette, visuals, out_dir: str | Path) -> str:
-    """Write ``metrics.json`` (COCO box/mask stats) and ``overlays.png`` (input | ground truth |
-    predictions scoring ≥ 0.5); return the Markdown table."""
+def write_instance_report(metrics: dict, classes: Sequence[str], palette, visuals, out_dir: str | Path, *,
+                          curves: dict | None = None, config: dict | None = None,
+                          run_dir: str | Path | None = None) -> str:
+    """Write ``metrics.json`` (COCO box/mask stats), ``overlays.png`` (input | ground truth | predictions
+    scoring ≥ 0.5) and ``report.html`` (``seglab.report``: with the precision-recall ``curves`` of
+    ``evaluate_instances``, the run's ``config`` and training curves from ``run_dir``); return the Markdown table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if visuals:
-        rows = [instance_picture(image, target, prediction, classes, palette) for image, target, prediction in visuals]
-        viz.grid(rows, titles=["input", "ground truth", "prediction (score >= 0.5)"]).save(out / "overlays.png")
+    rows = [instance_picture(image, target, prediction, classes, palette) for image, target, prediction in visuals]
+    if rows:
+        viz.grid(rows, titles=list(report.INSTANCE_COLUMNS)).save(out / "overlays.png")
+    report.instance_report(out, metrics, classes, [("", row) for row in rows], curves=curves, config=config,
+                           run_dir=run_dir)
     return format_coco_table(metrics)
 
 
@@ -122,7 +129,7 @@ def write_instance_report(metrics: dict, classes: Sequence[str], palette, visual
 def predict_instance_files(model: nn.Module, paths, out_dir: str | Path, score_threshold: float = 0.5) -> list[Path]:
     """For each image: ``<stem>_instances.png`` (masks, boxes, class and score drawn) and ``<stem>.json``
     (boxes xyxy in pixels, labels, class names, scores) of the detections scoring ≥ ``score_threshold``."""
-    meta, device = model.meta, next(model.parameters()).device
+    meta, device = model.meta, model_device(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()

@@ -32,9 +32,9 @@ from ..data.coco import aspect_ratio_groups
 from ..models import create, entry
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, save_config
-from .evaluate import evaluate, write_report
-from .instance import (collate_for_model, evaluate_instances, flat_metrics, instance_loss, instance_transforms,
-                       write_instance_report)
+from .evaluate import evaluate, overlay_rows, write_report
+from .instance import (collate_for_model, evaluate_instances, flat_metrics, instance_loss, instance_picture,
+                       instance_transforms, write_instance_report)
 from .optim import build_optimizer, build_scheduler
 from .sampler import EpochBatchSampler, SeededTransforms
 
@@ -116,6 +116,7 @@ class Trainer:
         self.main = distributed.is_main()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
+        self.events = self._event_writer() if config.tensorboard else None
         seed_everything(config.seed)
         self.train_set, self.val_set, self.num_classes = build_datasets(config)
         self.task = entry(config.model).task
@@ -172,6 +173,15 @@ class Trainer:
         if self.main:
             tqdm.write(message)
 
+    def _event_writer(self):
+        """A TensorBoard ``SummaryWriter`` on the run directory on rank 0 (None on the others)."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise ValueError("tensorboard (--tensorboard) needs the tensorboard package: "
+                             "pip install 'seglab[tensorboard]'") from error
+        return SummaryWriter(str(self.out)) if self.main else None
+
     # -- checkpoints -----------------------------------------------------------------------------------
     def state(self) -> dict:
         return {
@@ -224,6 +234,10 @@ class Trainer:
         if self.main:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.events is not None:
+            for key, value in record.items():
+                if key not in ("step", "time"):
+                    self.events.add_scalar(key, value, record["step"])
 
     def validate(self) -> dict:
         if self.task == "instance":
@@ -234,6 +248,11 @@ class Trainer:
                                        self.meta["std"], progress=self.main)
             summary = {k: result[k] for k in ("pixel_acc", "mean_acc", "miou", "fwiou")}
         self._log({"step": self.step, **{f"val/{k}": v for k, v in summary.items()}})
+        if self.events is not None and visuals:
+            classes, palette = self.meta["classes"], self.meta["palette"]
+            rows = [instance_picture(*visual, classes, palette) for visual in visuals] if self.task == "instance" \
+                else overlay_rows(visuals, palette)
+            self.events.add_image("val/overlays", np.asarray(viz.grid(rows)), self.step, dataformats="HWC")
         if self.best_metric not in summary:
             raise ValueError(f"best_metric {self.best_metric!r} is not a validation metric; one of {sorted(summary)}")
         metric = summary[self.best_metric]
@@ -357,7 +376,7 @@ class Trainer:
             if result is not None:
                 report = write_instance_report if self.task == "instance" else write_report
                 tqdm.write(report(result, self.meta["classes"], self.meta["palette"], self.last_visuals,
-                                  self.out / "eval"))
+                                  self.out / "eval", config=self.config.to_dict(), run_dir=self.out))
         return result
 
 
@@ -365,6 +384,8 @@ def train(config: TrainConfig) -> dict | None:
     """Train as ``config`` says; the run directory ``config.out`` receives config, logs, checkpoints, plots.
     Under torchrun every process calls this; the process group is left when it returns."""
     try:
-        return Trainer(config).run()
+        trainer = Trainer(config)
+        with trainer.events or contextlib.nullcontext():  # closing the TensorBoard writer flushes it
+            return trainer.run()
     finally:
         distributed.cleanup()

@@ -122,6 +122,7 @@ def evaluate_coco(
     image_ids: Sequence[int] | None = None,
     verbose: bool = False,
     category_ids: Sequence[int] | None = None,
+    curves: dict | None = None,
 ) -> dict[str, dict[str, float]]:
     """COCO metrics of ``results`` against ``coco_gt``, from ``COCOeval(...).stats``.
 
@@ -133,6 +134,7 @@ def evaluate_coco(
             detections count as misses).
         verbose: print COCOeval's summary table.
         category_ids: evaluate these categories only (COCOeval's ``params.catIds``; default: all).
+        curves: a dict that receives ``{iou_type: precision_recall(evaluator)}``, the precision-recall curves.
 
     Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs",
     "ARm", "ARl"}}``, fractions in [0, 1]; a metric COCOeval cannot define (no ground truth in that
@@ -187,7 +189,23 @@ def evaluate_coco(
         if verbose:
             print(f"COCO {iou_type}:\n" + output.getvalue())
         metrics[iou_type] = {name: float(v) if v >= 0 else math.nan for name, v in zip(STAT_NAMES, evaluator.stats)}
+        if curves is not None:
+            curves[iou_type] = precision_recall(evaluator)
     return metrics
+
+
+def precision_recall(evaluator: COCOeval) -> dict[str, list[float]]:
+    """Precision at recall 0, 0.01, …, 1 of an accumulated ``COCOeval`` (``eval["precision"]``, all areas,
+    the most detections of ``params.maxDets``), averaged over the categories that have ground truth, at
+    IoU 0.50:0.95 (also averaged over the thresholds), 0.50 and 0.75: ``{"IoU 0.50:0.95": [...101], ...}``,
+    NaN where no category has ground truth."""
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (IoU thresholds, recall points, categories)
+    valid = precision > -1  # -1: a category without ground truth
+    counts = valid.sum(axis=2)
+    mean = np.where(valid, precision, 0).sum(axis=2) / np.where(counts > 0, counts, np.nan)  # (T, R)
+    thresholds = list(np.round(evaluator.params.iouThrs, 2))
+    return {"IoU 0.50:0.95": mean.mean(axis=0).tolist(),
+            **{f"IoU {iou:.2f}": mean[thresholds.index(iou)].tolist() for iou in (0.5, 0.75)}}
 
 
 def format_coco_table(metrics: Mapping[str, Mapping[str, float]], names: Sequence[str] = STAT_NAMES[:6]) -> str:

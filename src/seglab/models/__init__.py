@@ -6,6 +6,7 @@ from pathlib import Path
 from torch import nn
 
 from . import deeplab, dilation, fcis, fcn, gcn, maskrcnn  # noqa: F401  (registering the models)
+from .base import load_state
 from .registry import count_parameters, create, entry, names, register
 
 
@@ -22,7 +23,7 @@ def load(path: str | Path, device: str = "cpu", **options) -> nn.Module:
     meta = checkpoint["meta"]
     meta["options"] = {**meta["options"], **options}
     model = create(meta["model"], meta["num_classes"], **meta["options"])
-    model.load_state_dict(checkpoint["model"])
+    load_state(model, checkpoint["model"], path)
     model.meta = meta
     return model.to(device).eval()
 

@@ -6,13 +6,16 @@ averages bilinear samples of its own cell's maps only. This is RoIAlign (``align
 torchvision's) gathered from a channels-last table whose rows are blocked by cell, (k·k·N·H·W, out_channels):
 each bin's gather indices are offset to its cell's block, so the same embedding_bag gather (and its chunking
 and checkpointing under autograd) serves both ops.
+
+ONNX has no position-sensitive RoIAlign: under export each cell becomes one ``RoiAlign`` of its own maps
+over its part of the box (the rows and columns of output bins it covers), the same samples as here.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from .roi import _align_gather, _pair, _rois
+from .roi import _align_gather, _pair, _rois, roi_align
 
 __all__ = ["ps_roi_align", "PSRoIAlign"]
 
@@ -41,6 +44,8 @@ def ps_roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spati
     if channels % cells:
         raise ValueError(f"input channels ({channels}) must be a multiple of the {group[0]}×{group[1]} cells "
                          f"of the position-sensitive grid ({cells})")
+    if torch.onnx.is_in_onnx_export():
+        return _cellwise_roi_align(input, _rois(input, boxes), pooled, group, spatial_scale, sampling_ratio)
     table = input.reshape(batch, channels // cells, cells, height, width).permute(2, 0, 3, 4, 1)
     table = table.reshape(cells * batch * height * width, channels // cells)
     return _align_gather(table, _rois(input, boxes), pooled, spatial_scale, sampling_ratio, True, (height, width),
@@ -52,6 +57,33 @@ def _cell_rows(pooled: tuple[int, int], group: tuple[int, int], block: int, devi
     rows = torch.arange(pooled[0], device=device) * group[0] // pooled[0]
     cols = torch.arange(pooled[1], device=device) * group[1] // pooled[1]
     return ((rows[:, None] * group[1] + cols[None, :]) * block).reshape(-1)
+
+
+def _bin_ranges(pooled: int, group: int) -> list[tuple[int, int]]:
+    """Per cell g of ``group`` along one axis: the output bins [first, last) with ``i·group // pooled == g``."""
+    cell = [i * group // pooled for i in range(pooled)]
+    return [(cell.index(g), pooled - cell[::-1].index(g)) for g in range(group) if g in cell]
+
+
+def _cellwise_roi_align(input: Tensor, rois: Tensor, pooled: tuple[int, int], group: tuple[int, int],
+                        spatial_scale: float, sampling_ratio: int) -> Tensor:
+    """:func:`ps_roi_align` of (K, 5) ``rois`` as one :func:`roi_align` per cell (the ONNX form): cell (gi, gj)
+    reads its own ``out_channels`` maps over the part of each box under its output bins [i0, i1) × [j0, j1),
+    a sub-box of the same bin size, so every sample falls where the position-sensitive gather puts it."""
+    batch, channels, height, width = input.shape
+    maps = input.reshape(batch, channels // (group[0] * group[1]), group[0] * group[1], height, width)
+    bin_h = (rois[:, 4] - rois[:, 2]) / pooled[0]
+    bin_w = (rois[:, 3] - rois[:, 1]) / pooled[1]
+    rows = []
+    for gi, (i0, i1) in enumerate(_bin_ranges(pooled[0], group[0])):
+        row = []
+        for gj, (j0, j1) in enumerate(_bin_ranges(pooled[1], group[1])):
+            sub = torch.stack([rois[:, 0], rois[:, 1] + j0 * bin_w, rois[:, 2] + i0 * bin_h,
+                               rois[:, 1] + j1 * bin_w, rois[:, 2] + i1 * bin_h], 1)
+            row.append(roi_align(maps[:, :, gi * group[1] + gj], sub, (i1 - i0, j1 - j0), spatial_scale,
+                                 sampling_ratio, aligned=True))
+        rows.append(torch.cat(row, 3))
+    return torch.cat(rows, 2)
 
 
 class PSRoIAlign(nn.Module):

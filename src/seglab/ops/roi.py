@@ -7,6 +7,11 @@ sum of 4 pixels), the max over the bin's pixels for RoIPool. Autograd gives the 
 get none, as in torchvision). RoIs are processed in chunks of bounded size; under autograd each of
 several chunks is checkpointed (its gather indices rebuilt in backward), so the extra memory is one
 channels-last copy of the input plus one chunk, whatever the number of boxes.
+
+Under ONNX export (TorchScript exporter, opset >= 16) the ops are emitted as ONNX ``RoiAlign``
+(``coordinate_transformation_mode`` "half_pixel" for ``aligned=True``, "output_half_pixel" otherwise,
+``sampling_ratio`` 0 for adaptive) and ``MaxRoiPool``, whose definitions are torchvision's arithmetic (while
+tracing, the values still come from the code here).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ def convert_boxes_to_roi_format(boxes: Tensor | list[Tensor]) -> Tensor:
                 raise ValueError(f"per-image boxes must be (K, 4), got shape {tuple(b.shape)}")
         if not boxes:
             raise ValueError("boxes is an empty list")
-        index = torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
+        index = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)])  # traceable: no len()
         return torch.cat([index, torch.cat(list(boxes))], 1)
     if boxes.dim() != 2 or boxes.shape[1] != 5:
         raise ValueError(f"boxes must be a (K, 5) tensor or a list of (K, 4) tensors, got shape {tuple(boxes.shape)}")
@@ -123,8 +128,33 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_
     pixel centres line up (Detectron2); without it RoIs are at least 1×1. Samples beyond one pixel
     outside the map count as zero.
     """
-    return _align_gather(_channels_last_table(input), _rois(input, boxes), _pair(output_size), spatial_scale,
-                         sampling_ratio, aligned, input.shape[-2:])
+    rois, pooled = _rois(input, boxes), _pair(output_size)
+    if torch.onnx.is_in_onnx_export():
+        return _OnnxRoIAlign.apply(input, rois, pooled, spatial_scale, sampling_ratio, aligned)
+    return _align_gather(_channels_last_table(input), rois, pooled, spatial_scale, sampling_ratio, aligned,
+                         input.shape[-2:])
+
+
+class _OnnxRoIAlign(torch.autograd.Function):
+    """:func:`roi_align` as one ONNX ``RoiAlign`` node under the TorchScript exporter (forward: the values)."""
+
+    @staticmethod
+    def forward(ctx, input, rois, pooled, spatial_scale, sampling_ratio, aligned):
+        return _align_gather(_channels_last_table(input), rois, pooled, spatial_scale, sampling_ratio, aligned,
+                             input.shape[-2:])
+
+    @staticmethod
+    def symbolic(g, input, rois, pooled, spatial_scale, sampling_ratio, aligned):
+        if g.opset < 16:
+            raise ValueError(f"exporting roi_align needs ONNX opset >= 16 (RoiAlign's coordinate_transformation_mode), "
+                             f"got opset {g.opset}")
+        batch_index = g.op("Cast", g.op("Gather", rois, g.op("Constant", value_t=torch.tensor(0)), axis_i=1),
+                           to_i=torch.onnx.TensorProtoDataType.INT64)
+        corners = g.op("Gather", rois, g.op("Constant", value_t=torch.tensor([1, 2, 3, 4])), axis_i=1)
+        return g.op("RoiAlign", input, corners, batch_index, mode_s="avg", output_height_i=pooled[0],
+                    output_width_i=pooled[1], sampling_ratio_i=max(sampling_ratio, 0),
+                    spatial_scale_f=spatial_scale,
+                    coordinate_transformation_mode_s="half_pixel" if aligned else "output_half_pixel")
 
 
 def _align_gather(table: Tensor, rois: Tensor, pooled: tuple[int, int], spatial_scale: float, sampling_ratio: int,
@@ -184,6 +214,14 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
     maximum (0 for a bin entirely outside).
     """
     rois, (pooled_h, pooled_w) = _rois(input, boxes), _pair(output_size)
+    if torch.onnx.is_in_onnx_export():
+        return _OnnxRoIPool.apply(input, rois, (pooled_h, pooled_w), spatial_scale)
+    return _pool(input, rois, (pooled_h, pooled_w), spatial_scale)
+
+
+def _pool(input: Tensor, rois: Tensor, pooled: tuple[int, int], spatial_scale: float) -> Tensor:
+    """:func:`roi_pool` of (K, 5) ``rois``."""
+    pooled_h, pooled_w = pooled
     channels, height, width = input.shape[1:]
     scaled = rois[:, 1:] * spatial_scale
     corner = (scaled.sign() * torch.floor(scaled.abs() + 0.5)).long()  # std::round
@@ -200,6 +238,18 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
                        lambda a, b: (image[a:b], y0[a:b], x0[a:b], rows[a:b], cols[a:b], area[a:b],
                                      height * width, width))
     return out.view(-1, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
+
+
+class _OnnxRoIPool(torch.autograd.Function):
+    """:func:`roi_pool` as one ONNX ``MaxRoiPool`` node under the TorchScript exporter (forward: the values)."""
+
+    @staticmethod
+    def forward(ctx, input, rois, pooled, spatial_scale):
+        return _pool(input, rois, pooled, spatial_scale)
+
+    @staticmethod
+    def symbolic(g, input, rois, pooled, spatial_scale):
+        return g.op("MaxRoiPool", input, rois, pooled_shape_i=list(pooled), spatial_scale_f=spatial_scale)
 
 
 def _pool_bins(start: Tensor, length: Tensor, pooled: int, limit: int, dtype) -> tuple[Tensor, Tensor]:
@@ -304,6 +354,12 @@ class MultiScaleRoIAlign(nn.Module):
             return self._pool(maps[0], rois, scales[0])
         k_min, k_max = round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
         levels = fpn_levels(rois[:, 1:], k_min, k_max, self.canonical_scale, self.canonical_level)
+        if torch.onnx.is_in_onnx_export():  # no Python list of per-level counts: it would be frozen into the graph
+            pooled = rois.new_zeros(rois.shape[0], maps[0].shape[1], *self.output_size)
+            for level, (feature, scale) in enumerate(zip(maps, scales)):
+                index = torch.where(levels == level)[0]
+                pooled[index] = self._pool(feature, rois[index], scale)
+            return pooled
         order = torch.argsort(levels, stable=True)  # RoIs grouped by level, pooled level by level
         counts = torch.bincount(levels, minlength=len(maps)).tolist()
         pooled = [self._pool(feature, level_rois, scale)

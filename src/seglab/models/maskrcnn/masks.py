@@ -75,7 +75,7 @@ def class_masks(logits: Tensor, labels: Tensor) -> Tensor:
 def _class_maps(logits: Tensor, labels: Tensor) -> Tensor:
     """(K,m,m): the map of each RoI's class, or the only map of class-agnostic logits (K,1,m,m)."""
     index = labels if logits.shape[1] > 1 else torch.zeros_like(labels)
-    return logits[torch.arange(len(labels), device=labels.device), index]
+    return logits[torch.arange(labels.shape[0], device=labels.device), index]
 
 
 def expand_boxes(boxes: Tensor, scale: float) -> Tensor:

@@ -7,8 +7,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
+from ...ops import batched_nms
 from .box_coder import BoxCoder
 from .masks import class_masks, mask_loss
 from .matching import label_proposals, sample_balanced
@@ -94,7 +95,7 @@ class RoIHeads(nn.Module):
         detections = self.postprocess(class_logits, deltas, proposals, image_sizes)
         logits = self.mask_logits(features, [d["boxes"] for d in detections], image_sizes)
         probs = class_masks(logits, torch.cat([d["labels"] for d in detections]))
-        for detection, masks in zip(detections, probs.split([len(d["boxes"]) for d in detections])):
+        for detection, masks in zip(detections, probs.split([d["boxes"].shape[0] for d in detections])):
             detection["masks"] = masks
         return detections, {}
 
@@ -137,7 +138,7 @@ class RoIHeads(nn.Module):
         num_classes = class_logits.shape[-1]
         boxes = self.box_coder.decode(deltas, torch.cat(proposals))
         scores = F.softmax(class_logits, -1)
-        counts = [len(p) for p in proposals]
+        counts = [p.shape[0] for p in proposals]  # shapes, not len(): traced into an exported graph
         detections = []
         for boxes_i, scores_i, size in zip(boxes.split(counts), scores.split(counts), image_sizes):
             labels = torch.arange(num_classes, device=boxes_i.device).expand_as(scores_i)
@@ -146,7 +147,7 @@ class RoIHeads(nn.Module):
             scores_i, labels = scores_i[:, 1:].reshape(-1), labels[:, 1:].reshape(-1)
             keep = torch.where(scores_i > self.score_thresh)[0]
             keep = keep[remove_small_boxes(boxes_i[keep], min_size=1e-2)]
-            keep = keep[batched_nms(boxes_i[keep], scores_i[keep], labels[keep], self.nms_thresh)]
+            keep = keep[batched_nms(boxes_i[keep], scores_i[keep], labels[keep], self.nms_thresh, num_classes)]
             keep = keep[:self.detections_per_img]
             detections.append({"boxes": boxes_i[keep], "labels": labels[keep], "scores": scores_i[keep]})
         return detections

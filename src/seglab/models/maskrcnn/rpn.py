@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import box_iou, clip_boxes_to_image, remove_small_boxes
 
+from ...ops import batched_nms
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .matching import BETWEEN_THRESHOLDS, match, sample_balanced
@@ -100,7 +101,8 @@ class RegionProposalNetwork(nn.Module):
             keep = remove_small_boxes(boxes_i, self.min_size)
             keep = keep[scores_i[keep] >= self.score_thresh]
             boxes_i, scores_i, levels_i = boxes_i[keep], scores_i[keep], levels_i[keep]
-            keep = batched_nms(boxes_i, scores_i, levels_i, self.nms_thresh)[:self.post_nms_top_n[mode]]
+            keep = batched_nms(boxes_i, scores_i, levels_i, self.nms_thresh, len(per_level))
+            keep = keep[:self.post_nms_top_n[mode]]
             proposals.append(boxes_i[keep])
         return proposals
 

@@ -67,26 +67,25 @@ class RCNNTransform(nn.Module):
             min_size = self.min_size[int(torch.empty(1).uniform_(0.0, float(len(self.min_size))).item())]
         else:
             min_size = self.min_size[-1]
-        height, width = image.shape[-2:]
+        height, width = int(image.shape[-2]), int(image.shape[-1])
         scale = min(min_size / min(height, width), self.max_size / max(height, width))
-        resized = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
-                                align_corners=False)[0]
+        # torchvision's size (scale_factor with recompute_scale_factor: floor in double precision), computed
+        # here so that an exported graph has it too rather than re-deriving it in float32
+        size = (math.floor(height * scale), math.floor(width * scale))
+        resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         if target is None:
             return resized, None
-        target["boxes"] = resize_boxes(target["boxes"], (height, width), resized.shape[-2:])
+        target["boxes"] = resize_boxes(target["boxes"], (height, width), size)
         if "masks" in target:
-            masks = target["masks"][:, None].float()
-            target["masks"] = F.interpolate(masks, scale_factor=scale, recompute_scale_factor=True)[:, 0].byte()
+            target["masks"] = F.interpolate(target["masks"][:, None].float(), size=size)[:, 0].byte()
         return resized, target
 
     def batch(self, images: list[Tensor]) -> Tensor:
         """Zero-pad to the largest height and width, rounded up to ``size_divisible`` → (N,3,H,W)."""
         height, width = (int(math.ceil(max(image.shape[axis] for image in images) / self.size_divisible))
                          * self.size_divisible for axis in (1, 2))
-        batch = images[0].new_zeros(len(images), images[0].shape[0], height, width)
-        for slot, image in zip(batch, images):
-            slot[:, :image.shape[1], :image.shape[2]].copy_(image)
-        return batch
+        # F.pad rather than copies into a zero batch: an exported graph keeps no in-place copy into a view
+        return torch.stack([F.pad(image, (0, width - image.shape[2], 0, height - image.shape[1])) for image in images])
 
     def postprocess(self, detections: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]],
                     original_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
