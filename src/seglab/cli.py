@@ -122,14 +122,15 @@ def _inference_options(args) -> dict:
 
 
 def _eval_setup(args):
-    """(checkpoint path, model with .meta, dataset) for ``eval`` and ``crf-tune``."""
+    """(checkpoint path, model with .meta, dataset, the training config saved in the checkpoint) for ``eval``
+    and ``crf-tune``."""
     from . import data, models
-    from .engine.checkpoint import resolve_checkpoint
+    from .engine.checkpoint import load_checkpoint, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    model = models.load(checkpoint, device=args.device, **_model_options(args))
-    trained = yaml.safe_load((checkpoint.parent / "config.yaml").read_text()) \
-        if (checkpoint.parent / "config.yaml").is_file() else {}
+    saved = load_checkpoint(checkpoint)
+    model = models.from_checkpoint(saved, checkpoint, device=args.device, **_model_options(args))
+    trained = saved.get("config") or {}
     name = args.data or trained.get("data", "shapes")
     dataset = data.build_dataset(name, args.split, root=args.data_root or trained.get("data_root"),
                                  num_images=args.num_images or trained.get("num_val"),
@@ -137,7 +138,7 @@ def _eval_setup(args):
                                  seed=trained.get("seed", 0))
     if name != "shapes":
         data.validate_dataset(dataset, model.meta["num_classes"])
-    return checkpoint, model, dataset
+    return checkpoint, model, dataset, trained
 
 
 def _is_instance(args, meta) -> bool:
@@ -160,14 +161,13 @@ def _output_dir(path: Path) -> Path:
 
 
 def cmd_eval(args) -> None:
-    from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate, write_report
     from .engine.instance import evaluate_instances, write_instance_report
 
-    checkpoint, model, dataset = _eval_setup(args)
+    checkpoint, model, dataset, trained = _eval_setup(args)
     meta = model.meta
     out = _output_dir(Path(args.out or checkpoint.parent / "eval"))
-    run = {"config": load_checkpoint(checkpoint).get("config"), "run_dir": checkpoint.parent}  # for report.html
+    run = {"config": trained, "run_dir": checkpoint.parent}  # for report.html
     if _is_instance(args, meta):
         curves = {}
         result, visuals = evaluate_instances(model, dataset, curves=curves)
@@ -185,7 +185,7 @@ def cmd_eval(args) -> None:
 def cmd_crf_tune(args) -> None:
     from .engine.crf_tune import DEFAULT_GRID, tune_crf
 
-    checkpoint, model, dataset = _eval_setup(args)
+    checkpoint, model, dataset, _ = _eval_setup(args)
     meta = model.meta
     if args.num_images and args.num_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(args.num_images))

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .data import IMAGENET_MEAN, IMAGENET_STD
+from .engine.inference import model_device
 from .viz import voc_palette
 
 INSTANCE_OUTPUTS = ("boxes", "labels", "scores", "masks")
@@ -97,8 +98,8 @@ def to_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 
     onnx = _require("onnx")
     task = _task(model)
     model.eval()
-    meta = dict(meta or getattr(model, "meta", None) or default_meta(None, task, _num_classes(model, task)))
-    device = next(model.parameters()).device
+    device = model_device(model)
+    meta = dict(meta or getattr(model, "meta", None) or default_meta(None, task, _num_classes(model, task, device)))
     generator = torch.Generator().manual_seed(0)
     if task == "semantic":
         wrapper, proto, inputs = _export_semantic(model, height, width, dynamic, opset, device, generator)
@@ -143,11 +144,10 @@ def _task(model: nn.Module) -> str:
     return "instance" if isinstance(model, MaskRCNN) else "semantic"
 
 
-def _num_classes(model: nn.Module, task: str) -> int:
+def _num_classes(model: nn.Module, task: str, device: torch.device) -> int:
     """Classes of a model without metadata: its logits' channels, or the box predictor's classes."""
     if task == "instance":
         return model.roi_heads.box_predictor.cls_score.out_features
-    device = next(model.parameters()).device
     with torch.no_grad():
         return model(torch.zeros(1, 3, MIN_SIZE, MIN_SIZE, device=device))["out"].shape[1]
 

@@ -13,9 +13,8 @@ from tqdm import tqdm
 
 from .. import report, viz
 from . import distributed
-from ..crf import dense_crf
 from ..metrics import SegmentationMetrics, format_table
-from .inference import Size, infer_logits
+from .inference import Size, crf_refine, infer_logits
 
 
 def _same_size_groups(items: list) -> list[list]:
@@ -77,7 +76,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, mean: Sequenc
             logits = infer_logits(model, images, mean, std, crop=crop, stride=stride, scales=scales, flip=flip)
             if plain is not None:
                 plain.update(logits.argmax(1).cpu(), targets)
-                logits = dense_crf(images, logits.float(), logits=True, **crf)  # probabilities: same argmax use
+                logits = crf_refine(images, logits, crf)
             preds = logits.argmax(1).cpu()
             metrics.update(preds, targets)
             for image, target, pred in zip(images, targets, preds):

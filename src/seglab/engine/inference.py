@@ -132,6 +132,10 @@ def predict_labels(model: nn.Module, images_uint8: torch.Tensor, mean: Sequence[
     """Class ids (N,H,W) of uint8 images (N,3,H,W): argmax of :func:`infer_logits` (``inference`` are its
     keywords), refined first by the dense CRF when ``crf`` holds ``seglab.crf.dense_crf`` keywords."""
     logits = infer_logits(model, images_uint8, mean, std, **inference)
-    if crf is not None:
-        logits = dense_crf(images_uint8, logits.float(), logits=True, **crf)  # probabilities; same argmax use
-    return logits.argmax(1)
+    return (logits if crf is None else crf_refine(images_uint8, logits, crf)).argmax(1)
+
+
+def crf_refine(images_uint8: torch.Tensor, logits: torch.Tensor, crf: dict) -> torch.Tensor:
+    """The dense CRF's class probabilities (N,C,H,W) for ``logits`` (N,C,H,W) of uint8 images (N,3,H,W), with
+    ``seglab.crf.dense_crf`` keywords ``crf``: scores with the same argmax use as the logits."""
+    return dense_crf(images_uint8, logits.float(), logits=True, **crf)

@@ -75,7 +75,7 @@ def evaluate_instances(model: nn.Module, dataset, num_visuals: int = 8, progress
     process predicts its own shard; rank 0 scores all of them and shares the metrics.
     """
     coco, label_to_category, image_ids = ground_truth(dataset)
-    device = next(model.parameters()).device
+    device = model_device(model)
     was_training = model.training
     model.eval()
     predictions, visuals = [], []

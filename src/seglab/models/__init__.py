@@ -19,13 +19,17 @@ def load(path: str | Path, device: str = "cpu", **options) -> nn.Module:
     """
     from ..engine.checkpoint import load_checkpoint, resolve_checkpoint
 
-    checkpoint = load_checkpoint(resolve_checkpoint(path))
+    return from_checkpoint(load_checkpoint(resolve_checkpoint(path)), path, device, **options)
+
+
+def from_checkpoint(checkpoint: dict, source: str | Path, device: str = "cpu", **options) -> nn.Module:
+    """:func:`load` of a checkpoint already read (its ``"meta"`` and ``"model"``); ``source`` names it in errors."""
     meta = checkpoint["meta"]
     meta["options"] = {**meta["options"], **options}
     model = create(meta["model"], meta["num_classes"], **meta["options"])
-    load_state(model, checkpoint["model"], path)
+    load_state(model, checkpoint["model"], source)
     model.meta = meta
     return model.to(device).eval()
 
 
-__all__ = ["create", "names", "load", "register", "entry", "count_parameters"]
+__all__ = ["create", "names", "load", "from_checkpoint", "register", "entry", "count_parameters"]
