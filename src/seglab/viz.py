@@ -1,4 +1,4 @@
-"""Palettes, overlays, image grids and plots: training curves, per-class IoU, confusion matrix, precision-recall
+"""Overlays, image grids and plots: training curves, per-class IoU, confusion matrix, precision-recall
 (Pillow / matplotlib)."""
 from __future__ import annotations
 
@@ -8,25 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-
-def voc_palette(num_colors: int = 256) -> list[tuple[int, int, int]]:
-    """The PASCAL VOC colour map: class id -> (r, g, b), bit-interleaved as in the VOC devkit.
-
-    Index 255 (ignore) is set to white-ish (224, 224, 192) as in VOC's PNGs.
-    """
-    palette = []
-    for label in range(num_colors):
-        r = g = b = 0
-        c = label
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette.append((r, g, b))
-    if num_colors > 255:
-        palette[255] = (224, 224, 192)
-    return palette
+from .data.palette import voc_palette  # noqa: F401  (seglab.viz.voc_palette: kept as an alias for one release)
 
 
 def _palette_array(palette) -> np.ndarray:

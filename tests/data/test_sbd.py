@@ -80,7 +80,7 @@ def test_mask_of_another_size_names_both_files(sbd_tree):
 
 def test_seglab_train_reads_train_aug_through_data_option(sbd_tree, tmp_path):
     from seglab.cli import main
-    from seglab.engine.checkpoint import load_checkpoint
+    from seglab.io import safe_load as load_checkpoint
 
     main(["train", "--model", "fcn32s_vgg16", "--width-mult", "0.0625", "--model-option", "padding=same",
           "--data", "sbd", "--data-root", str(sbd_tree.root), "--train-split", "train_aug",

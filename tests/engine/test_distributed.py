@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from seglab import models
 from seglab.data import Shapes
-from seglab.engine.checkpoint import load_checkpoint
+from seglab.io import safe_load as load_checkpoint
 from seglab.engine.evaluate import evaluate
 from seglab.engine.instance import evaluate_instances
 

@@ -14,7 +14,7 @@ import torch
 
 from seglab import models
 from seglab.cli import main
-from seglab.engine.checkpoint import load_checkpoint
+from seglab.io import safe_load as load_checkpoint
 
 FAULTY = str(Path(__file__).with_name("faulty_train.py"))
 ITERS = 30

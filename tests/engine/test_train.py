@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from seglab.engine import train as train_module
-from seglab.engine.checkpoint import load_checkpoint
+from seglab.io import safe_load as load_checkpoint
 from seglab.engine.config import TrainConfig
 from seglab.engine.train import Trainer, train
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from seglab import models
-from seglab.engine.checkpoint import load_checkpoint
+from seglab.io import safe_load as load_checkpoint
 from seglab.engine.config import TrainConfig
 from seglab.engine.train import Trainer, train
 from seglab.models.maskrcnn import MaskXPredictor, WeightTransfer, detection_weights

@@ -37,7 +37,7 @@ from torchvision import tv_tensors
 from seglab.data.images import image_tensor, load_image
 from seglab.data.paths import check_entry
 from seglab.data.transforms import IGNORE_INDEX
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 
 def _decode(rle: dict) -> np.ndarray:

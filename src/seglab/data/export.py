@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from seglab.data.coco import instance_annotations
 from seglab.data.shapes import CLASSES, DEFAULT_NUM_IMAGES, Shapes
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 JPEG_QUALITY = 95
 

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 from seglab.data.images import load_image
 from seglab.data.paths import read_lines, read_split_list
 from seglab.data.semantic import SemanticFiles
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -17,7 +17,7 @@ import scipy.io
 from seglab.data.paths import read_split_list
 from seglab.data.semantic import SemanticFiles
 from seglab.data.voc import VOC_CLASSES, voc_pair, voc_split
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 
 def read_cls_mat(path: Path) -> np.ndarray:

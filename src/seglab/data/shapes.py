@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 CLASSES = ("background", "circle", "square", "triangle", "star")
 CIRCLE, SQUARE, TRIANGLE, STAR = 1, 2, 3, 4

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 from seglab.data.paths import read_lines, read_split_list
 from seglab.data.semantic import SemanticFiles
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

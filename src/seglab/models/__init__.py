@@ -5,6 +5,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..io import resolve_checkpoint, safe_load
 from . import deeplab, dilation, fcis, fcn, gcn, maskrcnn  # noqa: F401  (registering the models)
 from .base import load_state
 from .registry import count_parameters, create, entry, names, register
@@ -17,9 +18,7 @@ def load(path: str | Path, device: str = "cpu", **options) -> nn.Module:
     ``model.meta``, so prediction needs nothing else. ``options`` override the saved model options where
     the weights allow it, e.g. ``output_stride=8`` to evaluate a DeepLab trained at output stride 16.
     """
-    from ..engine.checkpoint import load_checkpoint, resolve_checkpoint
-
-    return from_checkpoint(load_checkpoint(resolve_checkpoint(path)), path, device, **options)
+    return from_checkpoint(safe_load(resolve_checkpoint(path)), path, device, **options)
 
 
 def from_checkpoint(checkpoint: dict, source: str | Path, device: str = "cpu", **options) -> nn.Module:

@@ -70,3 +70,8 @@ def load_state(model: nn.Module, state: dict, source) -> None:
         if keys:
             more = f" (and {len(keys) - 1} more keys)" if len(keys) > 1 else ""
             raise ValueError(f"{source} does not fit the model: key {keys[0]} {where}{more}")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters; the CPU for a model without (``seglab.export.OnnxModel``)."""
+    return next(model.parameters(), torch.empty(0)).device

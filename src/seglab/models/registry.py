@@ -7,6 +7,11 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..data.palette import voc_palette
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+WEIGHT_OPTIONS = ("weights", "weights_backbone")  # where a model's first weights come from: not part of what it is
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -44,14 +49,31 @@ def names(task: str | None = None) -> list[str]:
 
 
 def create(name: str, num_classes: int, **options) -> nn.Module:
-    """Build the registered model ``name`` for ``num_classes`` classes with the builder's ``options``."""
+    """Build the registered model ``name`` for ``num_classes`` classes with the builder's ``options``; the model
+    carries ``model.meta`` (:func:`model_meta` with default class names), which training replaces with the data's."""
     builder = entry(name).builder
     try:
-        return builder(num_classes=num_classes, **options)
+        model = builder(num_classes=num_classes, **options)
     except TypeError as error:
         if "unexpected keyword argument" in str(error):
             raise ValueError(f"model {name!r} does not take that option: {error}") from error
         raise
+    model.meta = model_meta(name, num_classes, options)
+    return model
+
+
+def model_meta(name: str, num_classes: int, options: dict | None = None, *, classes=None, palette=None,
+               mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict:
+    """The ``"meta"`` of a checkpoint or exported file, all that prediction needs beside the weights: model name,
+    task and options (without the ``WEIGHT_OPTIONS``, which only initialise), ``num_classes``, class names
+    (default "background", "class_1", …), palette (default VOC's, as lists) and the input normalisation
+    ``mean``/``std`` (fractions of 255)."""
+    classes = list(classes)[:num_classes] if classes is not None else \
+        ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+    return {"model": name, "task": entry(name).task, "num_classes": num_classes,
+            "options": {k: v for k, v in (options or {}).items() if k not in WEIGHT_OPTIONS},
+            "classes": classes, "palette": [list(c) for c in (palette or voc_palette(256))],
+            "mean": list(mean), "std": list(std)}
 
 
 def count_parameters(name: str, num_classes: int = 21, **options) -> int:

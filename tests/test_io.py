@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from seglab.engine import checkpoint as ckpt
+from seglab import io as ckpt
+from seglab.engine import rng
 
 
 def test_save_is_atomic_a_failed_write_never_replaces_last(tmp_path, monkeypatch):
@@ -18,14 +19,14 @@ def test_save_is_atomic_a_failed_write_never_replaces_last(tmp_path, monkeypatch
         ckpt.save_checkpoint({"step": 2, "w": torch.zeros(4)}, path)
     assert path.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # the temp file is cleaned up
-    assert ckpt.load_checkpoint(path)["step"] == 1
+    assert ckpt.safe_load(path)["step"] == 1
 
 
 def test_load_uses_weights_only_and_refuses_arbitrary_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": object()}, path)
     with pytest.raises(Exception, match="[Ww]eights only"):
-        ckpt.load_checkpoint(path)
+        ckpt.safe_load(path)
 
 
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
@@ -33,10 +34,10 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    state = ckpt.rng_state()
+    state = rng.rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt.save_checkpoint({"rng": state}, tmp_path / "r.pt")
-    ckpt.set_rng_state(ckpt.load_checkpoint(tmp_path / "r.pt")["rng"])
+    rng.set_rng_state(ckpt.safe_load(tmp_path / "r.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
@@ -48,4 +49,4 @@ def test_resolve_checkpoint_prefers_best_then_last(tmp_path):
     (tmp_path / "best.pt").write_bytes(b"")
     assert ckpt.resolve_checkpoint(tmp_path).name == "best.pt"
     with pytest.raises(FileNotFoundError, match="missing.pt"):
-        ckpt.load_checkpoint(tmp_path / "missing.pt")
+        ckpt.safe_load(tmp_path / "missing.pt")
