@@ -24,8 +24,8 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 import seglab
 from seglab.data import Shapes
-from seglab.engine.config import load_config
-from seglab.engine.instance import collate_for_model, instance_loss, instance_transforms
+from seglab.engine import instance
+from seglab.engine.config import TrainConfig, load_config
 from seglab.engine.sampler import SeededTransforms
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -67,11 +67,12 @@ def small_model(name: str, config_path: Path) -> torch.nn.Module:
 def steps_per_second(model: torch.nn.Module, steps: int) -> float:
     """Median SGD steps/s of ``model`` on batches of 8 Shapes scenes at 128 px, float32."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    dataset = SeededTransforms(Shapes("train", 64, image_size=128), instance_transforms(), seed=0)
-    batches = [collate_for_model([dataset[(0, i)] for i in range(b * 8, b * 8 + 8)]) for b in range(8)]
+    dataset = SeededTransforms(Shapes("train", 64, image_size=128), instance.train_transforms(TrainConfig()),
+                               seed=0)
+    batches = [instance.collate([dataset[(0, i)] for i in range(b * 8, b * 8 + 8)]) for b in range(8)]
 
     def step(b: int) -> None:
-        loss = instance_loss(model, *batches[b % len(batches)], torch.device("cpu"))
+        loss = instance.loss(model, *batches[b % len(batches)], torch.device("cpu"))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -30,7 +30,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from seglab.data import VOCSegmentation, export_shapes, train_transforms
-from seglab.engine.train import collate_semantic
+from seglab.engine.semantic import collate as collate_semantic
 
 
 def images_per_second(dataset, workers: int, batch_size: int = 8) -> float:

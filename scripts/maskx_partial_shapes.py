@@ -22,7 +22,7 @@ import torch
 
 import seglab
 from seglab.engine.config import load_config
-from seglab.engine.instance import evaluate_instances
+from seglab.engine import instance
 from seglab.engine.train import train
 from seglab.models.maskrcnn.masks import class_masks, paste_masks_in_image
 from seglab.models.maskrcnn.transform import resize_boxes
@@ -68,14 +68,13 @@ def main() -> None:
         val_set = seglab.data.build_dataset("shapes", "val", image_size=config.image_size, seed=config.seed)
         trained = seglab.models.load(out)
         labels = {group: [val_set.classes.index(c) for c in names] for group, names in (("A", SET_A), ("B", SET_B))}
-        set_b, _ = evaluate_instances(trained, val_set, labels=labels["B"])
-        set_a, _ = evaluate_instances(trained, val_set, labels=labels["A"])
+        set_b, set_a = (instance.summary(instance.evaluate(trained, val_set, labels=labels[group])[0]) for group in "BA")
         iou = {group: mask_iou_on_true_boxes(trained, val_set, group_labels) for group, group_labels in labels.items()}
         (out / "partial_supervision.json").write_text(json.dumps({"B": set_b, "A": set_a, "mask_iou_on_true_boxes": iou},
                                                                  indent=2))
-        rows.append(f"| {name} | {100 * set_b['segm']['AP']:.1f} | {100 * set_b['segm']['AP50']:.1f} / "
-                    f"{100 * set_b['segm']['AP75']:.1f} | {100 * set_b['bbox']['AP']:.1f} | {100 * iou['B']:.1f} | "
-                    f"{100 * set_a['segm']['AP']:.1f} | {100 * set_a['bbox']['AP']:.1f} | {100 * iou['A']:.1f} |")
+        rows.append(f"| {name} | {100 * set_b['segm_AP']:.1f} | {100 * set_b['segm_AP50']:.1f} / "
+                    f"{100 * set_b['segm_AP75']:.1f} | {100 * set_b['bbox_AP']:.1f} | {100 * iou['B']:.1f} | "
+                    f"{100 * set_a['segm_AP']:.1f} | {100 * set_a['bbox_AP']:.1f} | {100 * iou['A']:.1f} |")
         print("\n".join(rows), flush=True)
 
 

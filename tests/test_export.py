@@ -16,9 +16,9 @@ import seglab
 from seglab.cli import main
 from seglab.data import Shapes
 from seglab.engine.config import TrainConfig
-from seglab.engine.instance import predict_instance_files
+from seglab.engine.instance import predict_files as predict_instance_files
 from seglab.engine.train import train
-from seglab.export import OnnxModel, default_meta, to_onnx
+from seglab.export import OnnxModel, to_onnx
 from seglab.ops import batched_nms, ps_roi_align, roi_align, roi_pool
 
 MASKRCNN_SMALL = dict(frozen_bn=False, trainable_backbone_layers=5, fpn_channels=32, representation_size=64,
@@ -72,7 +72,6 @@ def test_semantic_family_exported_once_matches_pytorch_at_several_sizes(name, tm
 def test_maskrcnn_exports_boxes_scores_and_masks_that_match_pytorch_and_predicts_the_same_detections(tmp_path):
     torch.manual_seed(0)
     model = seglab.models.create("maskrcnn_resnet18_fpn", 5, **MASKRCNN_SMALL).eval()
-    model.meta = default_meta("maskrcnn_resnet18_fpn", "instance", 5)
     report = to_onnx(model, tmp_path / "maskrcnn.onnx", height=61, width=83)
     assert report.exporter == "torchscript" and not report.dynamic and report.opset == 17
     assert report.checks[0]["detections"] == 100  # score threshold 0: the mask head runs on every detection
@@ -257,7 +256,7 @@ def test_predict_onnx_refuses_a_model_that_takes_four_channels(tmp_path, capsys)
         [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, ["batch", 4, "height", "width"])],
         [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 4, "height", "width"])])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    meta = {**default_meta(None, "semantic", 4), "input": seglab.export.INPUTS["semantic"]}
+    meta = {**seglab.models.model_meta("fcn32s_vgg16", 4), "model": None, "input": seglab.export.INPUTS["semantic"]}
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=json.dumps(value))
     onnx.save(model, tmp_path / "rgbd.onnx")

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from seglab.data import Shapes
-from seglab.engine.instance import evaluate_instances, write_instance_report
+from seglab.engine.instance import evaluate, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -144,16 +144,17 @@ class Jittered(nn.Module):
 
 def test_instance_report_precision_recall_curves_average_to_cocoeval_ap(tmp_path):
     shapes = Shapes("val", 4, image_size=48)
-    curves = {}
-    metrics, visuals = evaluate_instances(Jittered(shapes), shapes, progress=False, curves=curves)
-    for iou_type, stats in metrics.items():  # COCO's AP is the mean of the 101-point interpolated precision
+    metrics, visuals = evaluate(Jittered(shapes), shapes, progress=False)
+    curves = metrics["curves"]
+    for iou_type in ("bbox", "segm"):
+        stats = metrics[iou_type]  # COCO's AP is the mean of the 101-point interpolated precision
         assert 0 < stats["AP"] < 1
         for label, name in (("IoU 0.50:0.95", "AP"), ("IoU 0.50", "AP50"), ("IoU 0.75", "AP75")):
             assert len(curves[iou_type][label]) == 101
             assert np.mean(curves[iou_type][label]) == pytest.approx(stats[name], abs=1e-12), (iou_type, label)
 
-    write_instance_report(metrics, shapes.classes, shapes.palette, visuals, tmp_path, curves=curves,
-                          config={"model": "maskrcnn_resnet18_fpn", "iters": 2})
+    write_report(metrics, visuals, {"classes": shapes.classes, "palette": shapes.palette}, tmp_path,
+                 config={"model": "maskrcnn_resnet18_fpn", "iters": 2})
     page = Page((tmp_path / "report.html").read_text())
     assert "Precision-recall" in page.text and f"segm {100 * metrics['segm']['AP']:.2f}" in page.text
     assert "model: maskrcnn_resnet18_fpn" in page.text

@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from seglab.viz import colorize, grid, overlay, plot_curves, plot_per_class_iou, voc_palette
+from seglab import viz
+from seglab.data.palette import voc_palette
+from seglab.viz import colorize, grid, overlay, plot_curves, plot_per_class_iou
 
 
 def random_mask(seed, shape=(13, 17), num_classes=21):
@@ -24,6 +26,10 @@ def test_colorize_round_trips_class_ids_and_uses_the_palette(as_tensor):
     np.testing.assert_array_equal(np.array(img), mask)
     rgb = np.array(img.convert("RGB"))
     np.testing.assert_array_equal(rgb, np.array(palette, dtype=np.uint8)[mask])
+
+
+def test_viz_voc_palette_is_the_alias_of_the_data_palette():
+    assert viz.voc_palette is voc_palette
 
 
 def test_colorize_rejects_values_outside_0_255():

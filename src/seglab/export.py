@@ -34,9 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from .data import IMAGENET_MEAN, IMAGENET_STD
-from .engine.inference import model_device
-from .viz import voc_palette
+from .models import task_of
+from .models.base import model_device
 
 INSTANCE_OUTPUTS = ("boxes", "labels", "scores", "masks")
 INPUTS = {"semantic": {"name": "images", "layout": "NCHW", "dtype": "float32", "values": "RGB, (x / 255 - mean) / std"},
@@ -75,14 +74,6 @@ class ExportReport:
         return "\n".join(lines)
 
 
-def default_meta(name: str | None, task: str, num_classes: int, options: dict | None = None) -> dict:
-    """Metadata for a model without a checkpoint: class names "background", "class_1", …, the VOC palette,
-    ImageNet mean/std (what seglab trains with)."""
-    return {"model": name, "options": dict(options or {}), "task": task, "num_classes": num_classes,
-            "classes": ["background"] + [f"class_{i}" for i in range(1, num_classes)],
-            "palette": [list(c) for c in voc_palette(256)], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-
-
 def to_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 512, dynamic: bool = True,
             opset: int | None = None, meta: dict | None = None) -> ExportReport:
     """Export ``model`` to the ONNX file ``path`` (see the module docstring), check it in onnxruntime and
@@ -90,23 +81,24 @@ def to_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 
 
     ``height`` × ``width``: the example input (the fixed size where the model or ``dynamic=False`` fixes it).
     ``opset``: the exporter's default when None (17 for Mask R-CNN). ``meta``: the metadata to store,
-    by default ``model.meta`` (``seglab.models.load``) or ``default_meta``. The check runs random inputs
+    by default ``model.meta`` (``seglab.models.create`` / ``load``; ``seglab.models.model_meta``). The check runs random inputs
     (a second, odd size and batch 2 when dynamic) through both and raises ValueError when onnxruntime's
     outputs differ by more than ``TOLERANCE``; the file is written only once it passes. The model is left
     in eval mode.
     """
     onnx = _require("onnx")
-    task = _task(model)
+    meta = dict(meta or getattr(model, "meta", None) or {})
+    if "task" not in meta and "model" not in meta:
+        raise ValueError("to_onnx needs the model's meta (model name or task, classes, mean/std): build the model "
+                         "with seglab.models.create or load, or pass meta=seglab.models.model_meta(...)")
+    reason = getattr(model, "onnx_unsupported", None)
+    if reason:
+        raise ValueError(f"{type(model).__name__} does not export to ONNX: {reason}")
+    task = task_of(meta)
+    exporter, export, compare = EXPORTERS[task]
     model.eval()
-    device = model_device(model)
-    meta = dict(meta or getattr(model, "meta", None) or default_meta(None, task, _num_classes(model, task, device)))
     generator = torch.Generator().manual_seed(0)
-    if task == "semantic":
-        wrapper, proto, inputs = _export_semantic(model, height, width, dynamic, opset, device, generator)
-        exporter, compare = "dynamo", _compare_logits
-    else:
-        wrapper, proto, inputs = _export_instance(model, height, width, opset, device, generator)
-        exporter, compare, dynamic = "torchscript", _compare_detections, False
+    wrapper, proto, inputs, dynamic = export(model, height, width, dynamic, opset, model_device(model), generator)
     stored = {**meta, "task": task, "input": INPUTS[task], "exporter": exporter, "seglab_version": __version__}
     for key, value in stored.items():
         proto.metadata_props.add(key=key, value=json.dumps(value))
@@ -130,26 +122,6 @@ def _require(name: str):
         return importlib.import_module(name)
     except ImportError as error:
         raise ValueError(f"{name} is not installed: pip install 'seglab[export]'") from error
-
-
-def _task(model: nn.Module) -> str:
-    """"semantic", or "instance" for Mask R-CNN; ValueError for the instance models that do not export."""
-    from .models.fcis.model import FCIS
-    from .models.maskrcnn.model import MaskRCNN
-
-    if isinstance(model, FCIS):
-        raise ValueError("FCIS does not export to ONNX: its inference splits the detections by Python counts "
-                         "(len()), which a trace would freeze; semantic models and Mask R-CNN (maskrcnn_*, "
-                         "maskxrcnn_*) do")
-    return "instance" if isinstance(model, MaskRCNN) else "semantic"
-
-
-def _num_classes(model: nn.Module, task: str, device: torch.device) -> int:
-    """Classes of a model without metadata: its logits' channels, or the box predictor's classes."""
-    if task == "instance":
-        return model.roi_heads.box_predictor.cls_score.out_features
-    with torch.no_grad():
-        return model(torch.zeros(1, 3, MIN_SIZE, MIN_SIZE, device=device))["out"].shape[1]
 
 
 class _Logits(nn.Module):
@@ -176,7 +148,7 @@ class _Detections(nn.Module):
 
 
 def _export_semantic(model, height, width, dynamic, opset, device, generator):
-    """(graph module, ModelProto, inputs to check) of a semantic model."""
+    """(graph module, ModelProto, inputs to check, dynamic) of a semantic model."""
     wrapper = _Logits(model).eval()
     images = torch.randn(1, 3, height, width, generator=generator).to(device)
     inputs, shapes = [images], None
@@ -196,11 +168,11 @@ def _export_semantic(model, height, width, dynamic, opset, device, generator):
                              f"export it for a fixed size (dynamic=False, CLI: --static)") from error
         onnx_program = torch.onnx.export(program, dynamo=True, input_names=["images"], output_names=["logits"],
                                          opset_version=opset, external_data=False, verbose=False)
-    return wrapper, onnx_program.model_proto, inputs
+    return wrapper, onnx_program.model_proto, inputs, dynamic
 
 
-def _export_instance(model, height, width, opset, device, generator):
-    """(graph module, ModelProto, inputs to check) of a Mask R-CNN."""
+def _export_instance(model, height, width, dynamic, opset, device, generator):
+    """(graph module, ModelProto, inputs to check, dynamic = False) of a Mask R-CNN: its input size is fixed."""
     wrapper = _Detections(model).eval()
     example = torch.rand(3, height, width, generator=generator).to(device)
     buffer = io.BytesIO()
@@ -211,7 +183,7 @@ def _export_instance(model, height, width, opset, device, generator):
                           dynamic_axes={name: {0: "detections"} for name in INSTANCE_OUTPUTS},
                           autograd_inlining=False)  # seglab's ops stay single nodes (their symbolic)
     proto = _require("onnx").load_from_string(buffer.getvalue())
-    return wrapper, proto, [torch.rand(3, height, width, generator=generator).to(device)]
+    return wrapper, proto, [torch.rand(3, height, width, generator=generator).to(device)], False
 
 
 def _opset(proto) -> int:
@@ -323,3 +295,8 @@ class OnnxModel(nn.Module):
         if self.meta["task"] == "semantic":
             return {"out": torch.from_numpy(self._run(images)[0])}
         return [dict(zip(INSTANCE_OUTPUTS, map(torch.from_numpy, self._run(image)))) for image in images]
+
+
+# task -> (exporter name, export function, onnxruntime-vs-PyTorch check)
+EXPORTERS = {"semantic": ("dynamo", _export_semantic, _compare_logits),
+             "instance": ("torchscript", _export_instance, _compare_detections)}

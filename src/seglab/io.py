@@ -57,3 +57,14 @@ def resolve_checkpoint(path: str | Path) -> Path:
                 return path / name
         raise FileNotFoundError(f"no best.pt or last.pt in run directory {path}")
     return path
+
+
+def writable_dir(path: str | Path) -> Path:
+    """``path`` as a directory, created if missing; a ValueError naming it when it cannot be written."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        raise ValueError(f"cannot write to the output directory {path}: {error.strerror or error}") from error
+    return path

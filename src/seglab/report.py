@@ -110,7 +110,7 @@ def semantic_report(out_dir: str | Path, result: dict, classes: Sequence[str], r
 def instance_report(out_dir: str | Path, metrics: dict, classes: Sequence[str], rows: Sequence[Row], *,
                     curves: dict | None = None, config: dict | None = None,
                     run_dir: str | Path | None = None) -> Path:
-    """Write ``out_dir/report.html`` for ``evaluate_instances``' COCO ``metrics``: the COCO AP/AR table,
+    """Write ``out_dir/report.html`` for the COCO ``metrics`` of ``engine.instance.evaluate``: the COCO AP/AR table,
     the precision-recall ``curves`` (``metrics.coco.precision_recall`` per IoU type), training curves from
     ``run_dir``, the gallery ``rows`` and ``config``."""
     table = {"columns": ["IoU type", *(f"{name} (%)" for name in STAT_NAMES)],

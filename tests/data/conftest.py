@@ -1,10 +1,11 @@
-"""Small dataset trees written in the real layouts, and the arrays they hold, for the readers' tests."""
+"""Small dataset trees written in the real layouts, and the arrays they hold, for the readers' tests
+(the Cityscapes tree, shared with the metrics tests, is in tests/conftest.py)."""
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from layouts import (FOLDER_PALETTE, GT_LABEL_IDS, random_labels, write_image, write_labels, write_list,
-                     write_sbd_mat, write_voc_item)
+from layouts import (FOLDER_PALETTE, random_labels, write_image, write_labels, write_list, write_sbd_mat,
+                     write_voc_item)
 
 from seglab.data import export_shapes
 
@@ -34,22 +35,6 @@ def sbd_tree(tmp_path):
     write_list(voc / "ImageSets" / "Segmentation" / "train.txt", "cf")
     write_list(voc / "ImageSets" / "Segmentation" / "val.txt", "eg")
     return SimpleNamespace(root=sbd, voc_root=voc, masks=masks)
-
-
-@pytest.fixture
-def cityscapes_tree(tmp_path):
-    """Cityscapes root with val frames of frankfurt (2) and lindau (1) and train frames of aachen (2),
-    32x48 images, label ids ``GT_LABEL_IDS``. Returns ``root`` and ``label_ids``: {file name prefix: (H, W)}."""
-    root = tmp_path / "cityscapes"
-    frames = {"val": ["frankfurt_000000_000294", "frankfurt_000001_007973", "lindau_000000_000019"],
-              "train": ["aachen_000000_000019", "aachen_000001_000019"]}
-    label_ids = {}
-    for seed, (split, prefix) in enumerate((s, p) for s, ps in frames.items() for p in ps):
-        city = prefix.split("_")[0]
-        write_image(root / "leftImg8bit" / split / city / f"{prefix}_leftImg8bit.png", 32, 48, seed)
-        label_ids[prefix] = random_labels(32, 48, GT_LABEL_IDS, seed)
-        write_labels(root / "gtFine" / split / city / f"{prefix}_gtFine_labelIds.png", label_ids[prefix])
-    return SimpleNamespace(root=root, label_ids=label_ids)
 
 
 @pytest.fixture

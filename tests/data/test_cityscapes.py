@@ -1,17 +1,14 @@
-import copy
-import math
-
 import numpy as np
 import pytest
 import torch
-from layouts import random_labels, write_labels
+from layouts import official_args, write_labels
 from PIL import Image
 from torchvision import tv_tensors
 
 from seglab.cli import main
 from seglab.data import Cityscapes, build_dataset
 from seglab.data.cityscapes import CLASSES, PALETTE, frame_prefix, label_ids, result_name, train_ids
-from seglab.engine.cityscapes_eval import evaluate_results
+from seglab.metrics.cityscapes import evaluate_results
 
 labels = pytest.importorskip("cityscapesscripts.helpers.labels", reason="the peer is in the dev extra")
 
@@ -20,17 +17,6 @@ def official_train_ids(ids):
     """Train ids (255 = not evaluated) of label ids through cityscapesscripts' table."""
     table = {label.id: label.trainId if 0 <= label.trainId < 19 else 255 for label in labels.labels}
     return np.vectorize(table.__getitem__)(ids)
-
-
-def official_args(tmp_path, results_dir):
-    """A copy of evalPixelLevelSemanticLabeling's settings: quiet, no instance scores (no instanceIds
-    files here), json written into tmp_path, predictions searched in ``results_dir``."""
-    official = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
-    args = copy.copy(official.args)
-    args.evalInstLevelScore, args.quiet = False, True
-    args.exportFile = str(tmp_path / "official" / "result.json")
-    args.predictionPath, args.predictionWalk = str(results_dir), None
-    return official, args
 
 
 def test_train_id_table_matches_cityscapesscripts_labels():
@@ -77,49 +63,6 @@ def test_result_names_are_what_the_official_evaluation_matches():
     assert result_name("x/frankfurt_000000_000294_leftImg8bit.png") == "frankfurt_000000_000294_labelIds.png"
     with pytest.raises(ValueError, match="scene.png: not a Cityscapes file name"):
         result_name("scene.png")
-
-
-def write_predictions(tree, results_dir):
-    """Label-id predictions of the val frames: the ground truth on 60% of the pixels, random label ids
-    other than 32 elsewhere (so motorcycle is in neither: no IoU; train is predicted only: IoU 0)."""
-    rng = np.random.default_rng(7)
-    for k, prefix in enumerate(p for p in sorted(tree.label_ids) if not p.startswith("aachen")):
-        gt = tree.label_ids[prefix]
-        pred = random_labels(*gt.shape, [i for i in range(34) if i != 32], seed=k)
-        keep = rng.random(gt.shape) < 0.6
-        pred[keep] = gt[keep]
-        write_labels(results_dir / f"city{k}" / result_name(prefix), pred)
-
-
-def test_miou_of_label_id_predictions_matches_the_official_evaluation(cityscapes_tree, tmp_path):
-    results = tmp_path / "results"
-    write_predictions(cityscapes_tree, results)
-    official, args = official_args(tmp_path, results)
-    gts = sorted(str(p) for p in (cityscapes_tree.root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
-    expected = official.evaluateImgLists([official.getPrediction(args, gt) for gt in gts], gts, args)
-
-    ours = evaluate_results(results, cityscapes_tree.root, "val")
-    assert ours["images"] == 3 and len(ours["iou"]) == 19
-    for name, iou in zip(CLASSES, ours["iou"]):
-        if math.isnan(expected["classScores"][name]):
-            assert math.isnan(iou), name
-        else:
-            assert iou == pytest.approx(expected["classScores"][name], abs=1e-12), name
-    assert ours["miou"] == pytest.approx(expected["averageScoreClasses"], abs=1e-12)
-    assert math.isnan(ours["iou"][CLASSES.index("motorcycle")]) and ours["iou"][CLASSES.index("train")] == 0
-
-
-def test_evaluation_names_a_missing_or_doubled_prediction(cityscapes_tree, tmp_path):
-    results = tmp_path / "results"
-    write_predictions(cityscapes_tree, results)
-    extra = results / "lindau_000000_000019_leftImg8bit.png"
-    Image.new("L", (48, 32)).save(extra)
-    with pytest.raises(ValueError, match="several predictions for .*lindau_000000_000019_gtFine_labelIds.png"):
-        evaluate_results(results, cityscapes_tree.root, "val")
-    extra.unlink()
-    next(results.rglob("frankfurt_000001_007973*.png")).unlink()
-    with pytest.raises(FileNotFoundError, match="no prediction frankfurt_000001_007973"):
-        evaluate_results(results, cityscapes_tree.root, "val")
 
 
 def test_train_then_predict_in_the_official_format(cityscapes_tree, tmp_path, capsys):

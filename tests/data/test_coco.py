@@ -1,4 +1,5 @@
 import copy
+import itertools
 import json
 import re
 
@@ -8,19 +9,11 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, Subset
+from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from seglab.data import (
-    COCOInstances,
-    GroupedBatchSampler,
-    Shapes,
-    aspect_ratio_groups,
-    collate_instances,
-    export_shapes,
-    train_transforms,
-    validate_dataset,
-)
+from seglab.data import COCOInstances, Shapes, export_shapes, train_transforms, validate_dataset
+from seglab.engine.sampler import EpochBatchSampler, SeededTransforms, aspect_ratio_groups
 
 # pycocotools' own decode() (inside annToMask) trips a NumPy 2 copy-keyword DeprecationWarning
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -374,49 +367,19 @@ def test_train_transforms_and_validation_accept_the_items(handmade):
     assert summary["ignore_pixels"] > CROWD_REGION.sum() + CROWD_ONLY_REGION.sum()
 
 
-def test_aspect_ratio_groups_put_wide_and_tall_images_apart(handmade):
+def test_dataloader_batches_of_one_aspect_ratio_group(handmade):
     root, _ = handmade
-    ds = dataset(root)  # ids: TALL 30x50 (W x H), WIDE 50x30, EMPTY 40x40, CROWD_ONLY 32x32
-    assert aspect_ratio_groups(ds) == [0, 1, 1, 1]  # tall < 1 <= wide (square)
-    # k = 1: edges 0.5, 1, 2 -> TALL (0.6) in 1, WIDE (1.67) and squares in 2
-    assert aspect_ratio_groups(ds, k=1) == [1, 2, 2, 2]
-    assert aspect_ratio_groups(Subset(ds, [1, 0, 0])) == [1, 0, 0]
-    assert aspect_ratio_groups(Shapes("val", 3, image_size=32)) == [1, 1, 1]  # sizes read from the items
-    with pytest.raises(ValueError, match="k must be >= 0"):
-        aspect_ratio_groups(ds, k=-1)
-
-
-def test_grouped_batch_sampler_matches_torchvision_reference_order():
-    groups = [0, 1, 0, 1, 1, 0, 1, 0, 0]
-    sampler = GroupedBatchSampler(SequentialSampler(range(9)), groups, batch_size=2)
-    assert list(sampler) == [[0, 2], [1, 3], [4, 6], [5, 7]] and len(sampler) == 4
-    # leftovers: the fullest buffer is completed with the group's earliest indices
-    sampler = GroupedBatchSampler(SequentialSampler(range(6)), [0, 0, 0, 1, 1, 1], batch_size=2)
-    assert list(sampler) == [[0, 1], [3, 4], [2, 0]]
-
-
-def test_grouped_batches_are_single_orientation_and_cover_every_index():
-    rng = np.random.default_rng(0)
-    groups = rng.integers(0, 2, 37).tolist()
-    sampler = GroupedBatchSampler(RandomSampler(range(37), generator=torch.Generator().manual_seed(0)), groups, 4)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 9
-    assert all(len(b) == 4 and len({groups[i] for i in b}) == 1 for b in batches)
-    assert len({i for b in batches for i in b}) >= 4 * 9 - 4  # at most one leftover batch repeats indices
-
-
-def test_dataloader_with_grouped_batches_and_collate_instances(handmade):
-    root, _ = handmade
-    ds = dataset(root)
-    sampler = GroupedBatchSampler(SequentialSampler(ds), aspect_ratio_groups(ds), batch_size=2)
-    batches = list(DataLoader(ds, batch_sampler=sampler, collate_fn=collate_instances))
-    assert len(batches) == 2
+    ds = dataset(root)  # groups [0, 1, 1, 1]: one tall image, three wide or square
+    sampler = EpochBatchSampler(len(ds), 2, seed=0, groups=aspect_ratio_groups(ds))
+    loader = DataLoader(SeededTransforms(ds, lambda image, target: (image, target), seed=0),
+                        batch_sampler=sampler, collate_fn=lambda batch: tuple(map(list, zip(*batch))))
+    batches = list(itertools.islice(loader, 2))  # one batch per epoch: the tall group has too few images
+    assert sampler.batches_per_epoch == 1
     for images, targets in batches:
         assert isinstance(images, list) and isinstance(targets, list) and len(images) == len(targets) == 2
         orientations = {image.shape[-1] >= image.shape[-2] for image in images}
-        assert len(orientations) == 1
+        assert orientations == {True}
         assert all(t["masks"].shape[-2:] == i.shape[-2:] for i, t in zip(images, targets))
-    assert collate_instances([]) == ([], [])
 
 
 def test_missing_area_and_iscrowd_are_filled_in_the_pycocotools_index(handmade):

@@ -6,7 +6,7 @@ from torchvision import tv_tensors
 
 from seglab.data import Shapes, VOCSegmentation
 from seglab.data.voc import VOC_CLASSES
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 
 def test_export_writes_the_voc_layout_and_lists(voc_root):

@@ -6,7 +6,7 @@ from torchvision import tv_tensors
 
 from seglab.cli import main
 from seglab.data import FolderSegmentation, build_dataset
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 
 def test_palette_masks_with_a_split_file_give_class_ids_and_the_pngs_palette(folder_tree):

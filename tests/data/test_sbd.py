@@ -6,7 +6,7 @@ from torchvision import tv_tensors
 
 from seglab.data import SBD, build_dataset
 from seglab.data.voc import VOC_CLASSES
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 
 def test_items_are_uint8_images_and_int64_masks_read_from_the_mat_structs(sbd_tree):

@@ -5,7 +5,7 @@ from torchvision import tv_tensors
 
 from seglab.data import Shapes
 from seglab.data.shapes import CLASSES, MIN_VISIBLE_AREA
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import torch
 from torchvision import tv_tensors
 
 from seglab.data import IMAGENET_MEAN, IMAGENET_STD, Shapes, eval_transforms, train_transforms
+from seglab.data.transforms import PadToSize, pair
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -112,3 +113,14 @@ def test_eval_transforms_normalise_the_image_only(sample):
     assert out_image.dtype == torch.float32 and out_image.shape == image.shape
     for key in target:
         assert torch.equal(out[key], target[key]) and out[key].dtype == target[key].dtype
+
+
+def test_pair_accepts_an_int_or_one_or_two_positive_ints_and_names_a_bad_value():
+    assert pair(5) == (5, 5) and pair((7,)) == (7, 7) and pair([3, 4]) == (3, 4) and pair((3, 4), "crop") == (3, 4)
+    for bad in (0, -2, (3, 0), (1, 2, 3), (), (2.5, 3), "ab"):
+        with pytest.raises(ValueError, match=r"^crop expects a positive int H or a pair \(H, W\), got "):
+            pair(bad, "crop")
+    with pytest.raises(ValueError, match=r"^size expects .* got \(4, -1\)$"):
+        PadToSize((4, -1))
+    with pytest.raises(ValueError, match="^crop_size expects"):
+        train_transforms(0)

@@ -5,10 +5,14 @@ import seglab
 from seglab.crf import PRESETS, dense_crf
 from seglab.data import Shapes
 from seglab.engine.crf_tune import tune_crf
-from seglab.engine.evaluate import evaluate
+from seglab.engine.semantic import evaluate
 from seglab.engine.inference import infer_logits, predict_labels
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def meta() -> dict:
+    return {"num_classes": 5, "mean": MEAN, "std": STD}
 
 
 def tiny_model():
@@ -33,9 +37,9 @@ def test_tune_crf_ranks_every_setting_and_matches_evaluate_with_that_setting():
     grid = {"bilateral_compat": (2.0, 8.0), "bilateral_sxy": (10.0,), "bilateral_srgb": (5.0, 20.0)}
     baseline, results = tune_crf(model, dataset, 5, MEAN, STD, grid, iterations=3, progress=False)
     assert len(results) == 4 and [m for _, m in results] == sorted((m for _, m in results), reverse=True)
-    plain, _ = evaluate(model, dataset, 5, MEAN, STD, progress=False)
+    plain, _ = evaluate(model, dataset, meta(), progress=False)
     assert baseline == plain["miou"]
     for params, miou in results:
         assert params["gaussian_sxy"] == 3.0 and params["gaussian_compat"] == 3.0 and params["iterations"] == 3
-        refined, _ = evaluate(model, dataset, 5, MEAN, STD, progress=False, crf=params)
+        refined, _ = evaluate(model, dataset, meta(), progress=False, crf=params)
         assert abs(refined["miou"] - miou) < 1e-12

@@ -19,8 +19,7 @@ import torch.multiprocessing as mp
 from seglab import models
 from seglab.data import Shapes
 from seglab.io import safe_load as load_checkpoint
-from seglab.engine.evaluate import evaluate
-from seglab.engine.instance import evaluate_instances
+from seglab.engine import instance, semantic
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 
@@ -109,11 +108,12 @@ def evaluations():
     R-CNN with no score threshold, on 7 Shapes images."""
     torch.manual_seed(0)
     fcn = models.create("fcn32s_vgg16", 5, width_mult=0.0625, padding="same")
-    semantic, _ = evaluate(fcn, Shapes("val", 7, image_size=32), 5, (0.5,) * 3, (0.25,) * 3, progress=False)
+    scores, _ = semantic.evaluate(fcn, Shapes("val", 7, image_size=32), {"num_classes": 5, "mean": (0.5,) * 3,
+                                                                        "std": (0.25,) * 3}, progress=False)
     maskrcnn = models.create("maskrcnn_resnet18_fpn", 5, fpn_channels=32, representation_size=64, mask_layers=[16],
                              min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128], box_score_thresh=0.0)
-    instance, visuals = evaluate_instances(maskrcnn, Shapes("val", 7, image_size=64), progress=False)
-    return semantic, instance, len(visuals[0][2]["boxes"])
+    metrics, visuals = instance.evaluate(maskrcnn, Shapes("val", 7, image_size=64), progress=False)
+    return scores, metrics, len(visuals[0][2]["boxes"])
 
 
 def test_evaluation_shards_add_up_to_the_single_process_metrics(tmp_path):
@@ -121,12 +121,14 @@ def test_evaluation_shards_add_up_to_the_single_process_metrics(tmp_path):
     assert detections > 0
     mp.spawn(_evaluate_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     for rank in range(2):
-        semantic, instance, _ = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        scores, metrics, _ = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         for key, value in single_semantic.items():  # from the summed confusion matrix: exactly equal
-            torch.testing.assert_close(torch.tensor(semantic[key]), torch.tensor(value), rtol=0, atol=0,
+            torch.testing.assert_close(torch.tensor(scores[key]), torch.tensor(value), rtol=0, atol=0,
                                        equal_nan=True, msg=key)
-        for kind, stats in single_instance.items():
-            assert instance[kind] == pytest.approx(stats, nan_ok=True), kind
+        for kind in ("bbox", "segm"):
+            assert metrics[kind] == pytest.approx(single_instance[kind], nan_ok=True), kind
+            for name, curve in single_instance["curves"][kind].items():
+                assert metrics["curves"][kind][name] == pytest.approx(curve, nan_ok=True), (kind, name)
 
 
 def test_sync_bn_needs_torchrun_on_cuda(tmp_path):

@@ -5,8 +5,8 @@ from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 from seglab.data import COCOInstances, Shapes, export_shapes
-from seglab.engine.instance import (collate_for_model, evaluate_instances, ground_truth, instance_loss,
-                                    instance_transforms, write_instance_report)
+from seglab.engine.config import TrainConfig
+from seglab.engine.instance import collate, evaluate, ground_truth, loss, train_transforms, write_report
 from seglab.engine.sampler import SeededTransforms
 
 
@@ -27,15 +27,15 @@ class Oracle(nn.Module):
 
 def test_ground_truth_of_shapes_and_of_a_coco_export_score_ap_1_for_the_oracle(tmp_path):
     shapes = Shapes("val", 4, image_size=48)
-    metrics, visuals = evaluate_instances(Oracle(shapes), shapes, progress=False)
+    metrics, visuals = evaluate(Oracle(shapes), shapes, progress=False)
     assert metrics["bbox"]["AP"] == 1.0 and metrics["segm"]["AP"] == 1.0 and len(visuals) == 4
     export_shapes(tmp_path, "coco", {"val": 3}, image_size=48, seed=0)
     coco = COCOInstances(tmp_path / "val2017", tmp_path / "annotations" / "instances_val2017.json")
     gt, label_to_category, ids = ground_truth(coco)
     assert gt is coco.coco and ids == coco.ids
-    metrics, _ = evaluate_instances(Oracle(coco), coco, progress=False)
+    metrics, _ = evaluate(Oracle(coco), coco, progress=False)
     assert metrics["segm"]["AP"] == 1.0
-    table = write_instance_report(metrics, shapes.classes, shapes.palette, visuals, tmp_path / "report")
+    table = write_report(metrics, visuals, {"classes": shapes.classes, "palette": shapes.palette}, tmp_path / "report")
     assert "segm" in table and (tmp_path / "report" / "overlays.png").is_file()
     assert (tmp_path / "report" / "metrics.json").is_file()
 
@@ -43,9 +43,9 @@ def test_ground_truth_of_shapes_and_of_a_coco_export_score_ap_1_for_the_oracle(t
 def test_instance_loss_trains_a_detection_model_on_augmented_shapes():
     torch.manual_seed(0)
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5, min_size=64, max_size=64)
-    dataset = SeededTransforms(Shapes("train", 2, image_size=48), instance_transforms(), seed=0)
-    images, targets = collate_for_model([dataset[(0, 0)], dataset[(0, 1)]])
+    dataset = SeededTransforms(Shapes("train", 2, image_size=48), train_transforms(TrainConfig()), seed=0)
+    images, targets = collate([dataset[(0, 0)], dataset[(0, 1)]])
     assert images[0].dtype == torch.float32 and set(targets[0]) == {"boxes", "labels", "masks"}
-    loss = instance_loss(model.train(), images, targets, torch.device("cpu"))
-    assert torch.isfinite(loss)
-    loss.backward()
+    total = loss(model.train(), images, targets, torch.device("cpu"))
+    assert torch.isfinite(total)
+    total.backward()

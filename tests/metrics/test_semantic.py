@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from seglab.metrics import SegmentationMetrics, format_table
+from seglab.metrics import SegmentationMetrics, format_table, image_miou
 
 IGNORE = 255
 
@@ -74,6 +74,25 @@ def test_accumulated_metrics_match_float64_numpy_reference_with_ignore_pixels(nu
     assert metrics.confusion.dtype == torch.int64
     np.testing.assert_array_equal(metrics.confusion.numpy(), ref["confusion"])
     assert_matches_reference(metrics.compute(), ref)
+
+
+@pytest.mark.parametrize("num_classes, shape", [(2, (5, 7)), (5, (13, 17)), (21, (1, 50)), (21, (31, 9))])
+def test_image_miou_matches_float64_numpy_reference_with_ignore_pixels(num_classes, shape):
+    gen = torch.Generator().manual_seed(num_classes * 100 + shape[0])
+    pred, target = random_batch(gen, num_classes, shape)
+    expected = reference_metrics([pred.numpy()], [target.numpy()], num_classes)["miou"]
+    # int64 hits / union divide in float32
+    assert image_miou(pred, target, num_classes) == pytest.approx(expected, rel=1e-6)
+    other = torch.where(target == IGNORE, torch.full_like(target, 99), target)  # another ignore value
+    assert image_miou(pred, other, num_classes, ignore_index=99) == image_miou(pred, target, num_classes)
+
+
+def test_image_miou_is_nan_without_labelled_pixels_and_one_when_perfect():
+    target = torch.full((3, 4), IGNORE)
+    assert math.isnan(image_miou(torch.zeros(3, 4, dtype=torch.int64), target, 3))
+    target = torch.tensor([[0, 2, 2], [IGNORE, 2, 0]])
+    pred = torch.tensor([[0, 2, 2], [1, 2, 0]])  # the wrong prediction sits on an ignored pixel
+    assert image_miou(pred, target, 3) == 1.0
 
 
 def test_logits_input_is_argmaxed_over_class_dim():

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from test_maskrcnn import assert_close_scaled, no_tf32, random_targets  # noqa: F401 (a fixture)
 
 from seglab import models
-from seglab.models.fcis import FCISRoIHeads, PSScoreMaps, mask_voting, ohem_select
-from seglab.models.maskrcnn.matching import label_proposals
+from seglab.models.detection import label_proposals
+from seglab.models.fcis import FCISRoIHeads, PSScoreMaps, mask_voting
 
 SMALL = dict(width_mult=0.25, reduce_channels=64, min_size=64, max_size=64, anchor_sizes=(16, 32, 64),
              rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=200,
@@ -98,12 +98,6 @@ def test_mask_voting_hand_example():
     torch.testing.assert_close(voted[1], pool_masks[2], rtol=0, atol=1e-12)
     none = mask_voting(pool_boxes[:0], pool_labels[:0], pool_boxes, pool_labels, pool_scores, pool_masks)
     assert none.shape == (0, 2, 2)
-
-
-def test_ohem_keeps_the_highest_loss_rois_of_each_image():
-    losses = torch.tensor([0.1, 0.9, 0.5, 0.3, 2.0, 0.2, 0.4])
-    assert sorted(ohem_select(losses, [3, 4], 2).tolist()) == [1, 2, 4, 6]
-    assert sorted(ohem_select(losses, [3, 4], 10).tolist()) == list(range(7))
 
 
 def test_ohem_losses_are_the_means_over_the_selected_rois():

@@ -1,6 +1,6 @@
 """Mask R-CNN against torchvision: stage by stage on a converted ResNet-50-FPN (random weights, eval), training
 losses under the same seed on a small ResNet-18-FPN, and the pieces (anchors, matching, mask loss, pasting)
-against torchvision's own functions or a hand computation."""
+against torchvision's own functions or a hand computation (the shared parts: tests/models/detection)."""
 import copy
 
 import pytest
@@ -11,14 +11,12 @@ from torch import nn
 from torchvision.models.detection import MaskRCNN as TVMaskRCNN
 from torchvision.models.detection import _utils as tv_utils
 from torchvision.models.detection import anchor_utils, backbone_utils, faster_rcnn, mask_rcnn
-from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste_masks_in_image
 from torchvision.ops import FrozenBatchNorm2d, box_iou
 
 from seglab import interop, models
-from seglab.models.maskrcnn import AnchorGenerator, BoxCoder, paste_masks_in_image
-from seglab.models.maskrcnn.masks import mask_loss
-from seglab.models.maskrcnn.matching import match
+from seglab.models.detection import paste_masks_in_image
+from seglab.models.maskrcnn import mask_loss
 
 SMALL = dict(fpn_channels=128, representation_size=256, mask_layers=(64, 64), anchor_sizes=(8, 16, 32, 64, 128),
              box_batch_size_per_image=128, min_size=64, max_size=64, frozen_bn=False, trainable_backbone_layers=5)
@@ -200,43 +198,6 @@ def test_masks_match_torchvision_for_the_same_boxes(r50):
     probs = [logits[first][torch.arange(len(boxes[0])), labels[first]][:, None].sigmoid() for logits in (got, expected)]
     torch.testing.assert_close(paste_masks_in_image(probs[0], boxes[0], size),
                                tv_paste_masks_in_image(probs[1], boxes[0], size), rtol=0, atol=1e-4)
-
-
-def test_paste_masks_matches_torchvision_at_borders_and_tiny_boxes():
-    generator = torch.Generator().manual_seed(3)
-    masks = torch.rand(6, 1, 28, 28, generator=generator)
-    boxes = torch.tensor([[0.0, 0.0, 50.0, 40.0], [-7.3, 3.2, 12.9, 61.0], [30.5, 20.2, 31.1, 20.9],
-                          [10.0, 10.0, 10.0, 10.0], [55.1, 47.7, 80.0, 90.0], [3.7, 1.2, 59.9, 47.8]])
-    for size in [(48, 60), (50, 61)]:
-        torch.testing.assert_close(paste_masks_in_image(masks, boxes, size),
-                                   tv_paste_masks_in_image(masks, boxes, size), rtol=0, atol=1e-5)
-    assert paste_masks_in_image(masks[:0], boxes[:0], (48, 60)).shape == (0, 1, 48, 60)
-
-
-def test_anchor_generator_and_box_coder_match_torchvision():
-    sizes, ratios = ((8,), (16, 24), (32,)), ((0.5, 1.0, 2.0), (1.0,), (0.25, 4.0))
-    features = [torch.zeros(1, 1, 16, 20), torch.zeros(1, 1, 8, 10), torch.zeros(1, 1, 4, 5)]
-    expected = anchor_utils.AnchorGenerator(sizes, ratios)(ImageList(torch.zeros(1, 3, 64, 80), [(60, 77)]), features)
-    got = AnchorGenerator(sizes, ratios)((64, 80), [(16, 20), (8, 10), (4, 5)])
-    torch.testing.assert_close(got, expected[0], rtol=0, atol=0)
-    generator = torch.Generator().manual_seed(4)
-    boxes, targets = (torch.cat([xy, xy + torch.rand(50, 2, generator=generator) * 50 + 1], 1)
-                      for xy in torch.rand(2, 50, 2, generator=generator) * 100)
-    deltas = torch.randn(50, 12, generator=generator) * 3  # large enough to hit the log(1000/16) clip
-    for weights in [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)]:
-        ours, theirs = BoxCoder(weights), tv_utils.BoxCoder(weights)
-        torch.testing.assert_close(ours.encode(targets, boxes), theirs.encode_single(targets, boxes))
-        torch.testing.assert_close(ours.decode(deltas, boxes), theirs.decode_single(deltas, boxes).view(50, 3, 4))
-
-
-def test_matching_matches_torchvisions_matcher_including_low_quality_ties():
-    generator = torch.Generator().manual_seed(5)
-    iou = (torch.rand(4, 30, generator=generator) * 10).round() / 10  # many ties
-    for low_quality in (False, True):
-        expected = tv_utils.Matcher(0.7, 0.3, allow_low_quality_matches=low_quality)(iou.clone())
-        assert torch.equal(match(iou, 0.7, 0.3, low_quality), expected)
-    with pytest.raises(ValueError, match="no ground truth"):
-        match(torch.zeros(0, 5), 0.7, 0.3)
 
 
 def test_mask_loss_uses_only_the_ground_truth_class():

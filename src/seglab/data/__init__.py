@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from seglab.data.cityscapes import Cityscapes
-from seglab.data.coco import COCOInstances, GroupedBatchSampler, aspect_ratio_groups, collate_instances
+from seglab.data.coco import COCOInstances
 from seglab.data.export import export_shapes
 from seglab.data.folder import FolderSegmentation
 from seglab.data.sbd import SBD
@@ -23,15 +23,12 @@ __all__ = [
     "COCOInstances",
     "Cityscapes",
     "FolderSegmentation",
-    "GroupedBatchSampler",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SBD",
     "Shapes",
     "VOCSegmentation",
-    "aspect_ratio_groups",
     "build_dataset",
-    "collate_instances",
     "dataset_names",
     "eval_transforms",
     "export_shapes",

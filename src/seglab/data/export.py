@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seglab.data.coco import instance_annotations
+from seglab.data.coco_format import instance_annotations
 from seglab.data.shapes import CLASSES, DEFAULT_NUM_IMAGES, Shapes
 from seglab.data.palette import voc_palette
 

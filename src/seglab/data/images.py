@@ -27,6 +27,11 @@ def image_tensor(image: Image.Image) -> tv_tensors.Image:
     return tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())
 
 
+def read_image(path: str | Path) -> torch.Tensor:
+    """An image file as a plain uint8 tensor (3, H, W), RGB; a missing or unreadable file raises an error naming it."""
+    return image_tensor(load_image(Path(path))).as_subclass(torch.Tensor)
+
+
 def read_label_png(path: Path) -> np.ndarray:
     """(H, W) uint8 pixel values of a palette ("P") or grayscale ("L") PNG, without palette lookup: the
     values are the labels. Another mode (e.g. an RGB colour mask) raises ValueError naming the file."""

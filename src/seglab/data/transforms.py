@@ -22,8 +22,14 @@ INSTANCE_KEYS = ("boxes", "labels", "masks", "area", "iscrowd")
 _PER_INSTANCE = ("labels", "area", "iscrowd")  # plain tensors filtered alongside the boxes
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def pair(value: int | Sequence[int], name: str = "size") -> tuple[int, int]:
+    """``h`` or ``(h,)`` -> (h, h); ``(h, w)`` -> (h, w); positive ints only, else ValueError naming ``name``."""
+    result = (value, value) if isinstance(value, int) else tuple(value)
+    if len(result) == 1:
+        result = result * 2
+    if len(result) != 2 or not all(isinstance(v, int) and v > 0 for v in result):
+        raise ValueError(f"{name} expects a positive int H or a pair (H, W), got {value!r}")
+    return result
 
 
 class RandomScale(v2.Transform):
@@ -57,7 +63,7 @@ class PadToSize(torch.nn.Module):
 
     def __init__(self, size: int | Sequence[int], ignore_index: int = IGNORE_INDEX):
         super().__init__()
-        self.size = _pair(size)
+        self.size = pair(size)
         self.ignore_index = ignore_index
 
     def extra_repr(self) -> str:
@@ -105,10 +111,11 @@ def train_transforms(
 ) -> v2.Compose:
     """Random scale, pad (ignore for the semantic mask) and random crop to ``crop_size`` (h, w) pixels,
     horizontal flip, drop instances left empty, then image -> float32 in [0, 1] -> (x - mean) / std."""
+    crop = pair(crop_size, "crop_size")
     steps = [
         RandomScale(scale_range),
-        PadToSize(crop_size),
-        v2.RandomCrop(_pair(crop_size)),
+        PadToSize(crop),
+        v2.RandomCrop(crop),
         *([v2.RandomHorizontalFlip()] if hflip else []),
         SanitizeInstances(),
     ]

@@ -1,11 +1,20 @@
 """Run configuration: defaults here, a YAML file over them, command-line flags over both."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+
+def option(default: Any, help: str):
+    """A ``TrainConfig`` field: its default and the help text ``seglab train --help`` shows."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -13,57 +22,62 @@ class TrainConfig:
     """Every option of ``seglab train``; the resolved values are saved as ``config.yaml`` in the run."""
 
     # model
-    model: str = "fcn8s_vgg16"
-    num_classes: int | None = None  # default: len(dataset.classes)
-    width_mult: float = 1.0
-    batch_norm: bool | None = None  # VGG models: BatchNorm after each conv (None: the model's default)
-    model_options: dict = field(default_factory=dict)  # any other builder option, e.g. {padding: same}
-    backbone_weights: str | None = None  # torchvision classification state dict on disk
-    weights: str | None = None  # start from these weights (a seglab checkpoint or state dict on disk)
-    frozen_bn: bool = False  # replace BatchNorm by FrozenBatchNorm2d (stated in the log)
-    mask_classes: list[str] | None = None  # instance models: classes with mask supervision (set A); others box-only
+    model: str = option("fcn8s_vgg16", "registered model name (seglab models lists them)")
+    num_classes: int | None = option(None, "classes including the background (default: the dataset's)")
+    width_mult: float = option(1.0, "channel width multiplier of the backbone and heads (0.25: a CPU-sized model)")
+    batch_norm: bool | None = option(None, "VGG models: BatchNorm after each conv (default: the model's)")
+    model_options: dict = option({}, "any other builder option as KEY=VALUE (value parsed as YAML), e.g. padding=same; "
+                                     "repeatable (seglab models NAME lists them)")
+    backbone_weights: str | None = option(None, "torchvision classification state dict (.pth) for the backbone")
+    weights: str | None = option(None, "start from these weights: a seglab checkpoint or state dict on disk")
+    frozen_bn: bool = option(False, "replace BatchNorm by FrozenBatchNorm2d (fixed statistics and affine; logged)")
+    mask_classes: list[str] | None = option(None, "instance models: the classes with mask supervision (set A); the "
+                                                  "others train boxes only")
     # data
-    data: str = "shapes"
-    data_root: str | None = None
-    data_options: dict = field(default_factory=dict)  # reader options, e.g. {voc_root: DIR} for sbd train_aug
-    image_size: int = 128  # Shapes image size
-    crop_size: int | None = None  # training crop, default image_size
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    hflip: bool = True
-    num_train: int | None = None  # Shapes images per split (default 1000 train, 200 val)
-    num_val: int | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    num_workers: int = 0
+    data: str = option("shapes", "dataset: shapes | voc | sbd | cityscapes | coco | folder")
+    data_root: str | None = option(None, "the dataset's folder (every dataset but shapes)")
+    data_options: dict = option({}, "a dataset reader option as KEY=VALUE, e.g. voc_root=DIR for sbd's train_aug; "
+                                    "repeatable")
+    image_size: int = option(128, "Shapes image side in pixels")
+    crop_size: int | None = option(None, "semantic models: training crop side in pixels (default: image size)")
+    scale_range: tuple[float, float] = option((0.5, 2.0), "semantic models: random rescale range (min max)")
+    hflip: bool = option(True, "random horizontal flips")
+    num_train: int | None = option(None, "Shapes training images (default 1000)")
+    num_val: int | None = option(None, "Shapes validation images (default 200)")
+    train_split: str = option("train", "split trained on")
+    val_split: str = option("val", "split validated on")
+    num_workers: int = option(0, "DataLoader worker processes")
     # optimisation
-    iters: int = 1000
-    epochs: int | None = None  # overrides iters when set
-    batch_size: int = 8  # per process (torchrun: the global batch is batch_size × processes × accumulate)
-    optimizer: str = "sgd"  # sgd (momentum) | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "poly"  # poly | step | cosine | constant
-    poly_power: float = 0.9
-    step_size: int | None = None  # step schedule: decay every step_size iters (default iters // 3)
-    step_gamma: float = 0.1
-    warmup: int = 0  # linear warm-up iterations
-    accumulate: int = 1  # micro-batches per optimiser step (gradient accumulation): batch = batch_size × this
-    skip_nonfinite: bool = False  # skip a step whose loss or gradient is NaN/inf instead of stopping
-    sync_bn: bool = False  # SyncBatchNorm across processes (torchrun on CUDA only)
-    amp: bool = False  # autocast: bfloat16 on CPU, float16 (with gradient scaling) on CUDA
-    channels_last: bool = False  # NHWC memory format (faster convolutions on recent CPUs and GPUs)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    iters: int = option(1000, "optimiser steps")
+    epochs: int | None = option(None, "passes over the training split; overrides iters when set")
+    batch_size: int = option(8, "images per step and process (torchrun: the global batch is batch size × "
+                                "processes × accumulate)")
+    optimizer: str = option("sgd", "sgd (with momentum) | adamw")
+    lr: float = option(0.01, "peak learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "L2 weight decay")
+    schedule: str = option("poly", "learning-rate schedule: poly | step | cosine | constant")
+    poly_power: float = option(0.9, "poly schedule exponent: lr × (1 - step/steps)^power")
+    step_size: int | None = option(None, "step schedule: decay every this many steps (default: steps // 3)")
+    step_gamma: float = option(0.1, "step schedule: decay factor")
+    warmup: int = option(0, "linear warm-up steps")
+    accumulate: int = option(1, "micro-batches per optimiser step (gradient accumulation)")
+    skip_nonfinite: bool = option(False, "skip a step whose loss or gradient is NaN/inf instead of stopping")
+    sync_bn: bool = option(False, "SyncBatchNorm across processes (torchrun on CUDA only)")
+    amp: bool = option(False, "autocast: bfloat16 on CPU, float16 with gradient scaling on CUDA")
+    channels_last: bool = option(False, "NHWC memory format (faster convolutions on recent CPUs and GPUs)")
+    seed: int = option(0, "seed of the data order, augmentation and initialisation")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N (auto: CUDA when available)")
     # bookkeeping
-    out: str = "runs/train"
-    log_every: int = 10
-    tensorboard: bool = False  # also write loss, lr, validation metrics and overlays as TensorBoard events
-    val_every: int = 0  # 0: validate only at the end
-    ckpt_every: int = 500
-    best_metric: str | None = None  # default: miou (semantic), segm_AP (instance: COCO mask AP)
-    resume: bool = False
-    stop_at: int | None = None  # stop after this step with a checkpoint (e.g. a job's time limit)
+    out: str = option("runs/train", "run directory: config.yaml, metrics.jsonl, last.pt, best.pt, plots")
+    log_every: int = option(10, "steps between log lines in metrics.jsonl")
+    tensorboard: bool = option(False, "also write loss, lr, validation metrics and overlays as TensorBoard events")
+    val_every: int = option(0, "steps between validations (0: only at the end)")
+    ckpt_every: int = option(500, "steps between last.pt checkpoints")
+    best_metric: str | None = option(None, "validation metric that selects best.pt (default: miou for semantic "
+                                           "models, segm_AP (COCO mask AP) for instance models)")
+    resume: bool = option(False, "continue the run in --out from its last.pt")
+    stop_at: int | None = option(None, "stop after this step with a checkpoint (e.g. a job's time limit)")
 
     def model_kwargs(self) -> dict:
         """Keyword options for ``seglab.models.create``."""

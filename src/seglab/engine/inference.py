@@ -2,15 +2,31 @@
 inference, all giving logits (N,C,H,W) at input resolution."""
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..crf import dense_crf
+from ..data.transforms import pair
+from ..models.base import model_device
 
 Size = int | Sequence[int]
+
+
+@contextlib.contextmanager
+def inference_context(model: nn.Module) -> Iterator[nn.Module]:
+    """The block runs ``model`` in eval mode without gradients; its training flag is restored afterwards
+    (the one context every evaluation loop shares, as detectron2's ``inference_context``)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -20,16 +36,6 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images.float() / 255 - mean_t) / std_t
 
 
-def _pair(value: Size, name: str) -> tuple[int, int]:
-    """``h`` or ``(h,)`` → (h, h); ``(h, w)`` → (h, w); positive ints only."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) == 1:
-        pair = pair * 2
-    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-        raise ValueError(f"{name} expects a positive int H or a pair (H, W), got {value!r}")
-    return pair
-
-
 def slide_windows(height: int, width: int, crop: Size, stride: Size) -> list[tuple[int, int, int, int]]:
     """Windows ``(y1, y2, x1, x2)`` (pixels, end exclusive) covering a (height, width) image.
 
@@ -37,7 +43,7 @@ def slide_windows(height: int, width: int, crop: Size, stride: Size) -> list[tup
     windows shifted back to end at the bottom/right edge, so every pixel is covered. Windows are
     ``crop`` sized, except along a side shorter than the crop, where they span the whole side.
     """
-    (crop_h, crop_w), (stride_h, stride_w) = _pair(crop, "crop"), _pair(stride, "stride")
+    (crop_h, crop_w), (stride_h, stride_w) = pair(crop, "crop"), pair(stride, "stride")
     if stride_h > crop_h or stride_w > crop_w:
         raise ValueError(f"stride {stride!r} must not exceed crop {crop!r}: pixels between windows would be skipped")
 
@@ -61,7 +67,7 @@ def sliding_window_logits(model: nn.Module, images: torch.Tensor, crop: Size, st
     normalisation — and the padded region's logits are dropped, i.e. treated as an ignore region.
     """
     n, _, height, width = images.shape
-    crop_h, crop_w = _pair(crop, "crop")
+    crop_h, crop_w = pair(crop, "crop")
     total = None  # (N,C,H,W), allocated once the first window tells C
     count = images.new_zeros(height, width)
     for y1, y2, x1, x2 in slide_windows(height, width, crop, stride):
@@ -90,7 +96,7 @@ def multiscale_logits(model: nn.Module, images: torch.Tensor, scales: Sequence[f
     if crop is None and stride is not None:
         raise ValueError(f"stride {stride!r} needs a crop size")
     if crop is not None and stride is None:
-        stride = tuple(max(1, round(c * 2 / 3)) for c in _pair(crop, "crop"))
+        stride = tuple(max(1, round(c * 2 / 3)) for c in pair(crop, "crop"))
     height, width = images.shape[-2:]
     total = None
     for scale in scales:
@@ -106,11 +112,6 @@ def multiscale_logits(model: nn.Module, images: torch.Tensor, scales: Sequence[f
                 logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
             total = logits if total is None else total + logits
     return total / (len(scales) * (2 if flip else 1))
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's parameters; the CPU for a model without (``seglab.export.OnnxModel``)."""
-    return next(model.parameters(), torch.empty(0)).device
 
 
 @torch.no_grad()

@@ -1,10 +1,11 @@
-"""Instance segmentation in the engine (torchvision's detection I/O): training data and loss, COCO
-evaluation through pycocotools, reports and pictures."""
+"""The instance task in the engine (torchvision's detection I/O): training data and loss, COCO evaluation
+through pycocotools, pictures, the report and prediction on image files. The same names as
+``engine.semantic`` (the task seam, ``engine.tasks``)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from PIL import Image
@@ -14,32 +15,73 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from .. import report, viz
+from ..data.coco_format import instance_annotations
+from ..data.images import read_image
+from ..metrics.coco import IOU_TYPES, coco_results, evaluate_coco, format_coco_table
+from ..models.base import model_device
 from . import distributed
-from ..data.coco import collate_instances, instance_annotations
-from ..metrics.coco import coco_results, evaluate_coco, format_coco_table
-from .inference import model_device
-from .predict import read_image
+from .inference import inference_context
+from .sampler import aspect_ratio_groups
 
+DEFAULT_METRIC = "segm_AP"
+REPORT_FILES = ("metrics.json (COCO box and mask AP)", "overlays.png", "report.html")
+PREDICTION_FILES = "drawings (<stem>_instances.png) and detections (<stem>.json)"
 MODEL_KEYS = ("boxes", "labels", "masks")  # what a detection model reads from a target
+SEMANTIC_ONLY = {"crop": None, "stride": None, "scales": (1.0,), "flip": False, "crf": None, "batch_size": None}
 
 
-def instance_transforms(hflip: bool = True) -> v2.Compose:
-    """Training augmentation: horizontal flip (boxes and masks follow), image -> float32 in [0, 1]
-    (the model normalises and resizes itself)."""
-    return v2.Compose([*([v2.RandomHorizontalFlip()] if hflip else []), v2.ToDtype(torch.float32, scale=True)])
+def _refuse_semantic_options(options: dict) -> None:
+    """ValueError when an inference option of semantic models is set away from its default."""
+    given = [key for key, value in options.items()
+             if (tuple(value) if key == "scales" else value) != SEMANTIC_ONLY[key]]
+    if given:
+        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        raise ValueError(f"{flags} {'applies' if len(given) == 1 else 'apply'} to semantic models only")
 
 
-def collate_for_model(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
-    """(images, targets) lists with the targets cut to the keys the model reads."""
-    images, targets = collate_instances(batch)
-    return images, [{key: target[key] for key in MODEL_KEYS} for target in targets]
+def model_options(config, classes: Sequence[str]) -> dict:
+    """``mask_classes`` (partial mask supervision: the set-A class names of ``config``) as class ids."""
+    names = config.mask_classes
+    if names is None:
+        return {}
+    classes = list(classes)
+    unknown = [name for name in names if name not in classes[1:]]
+    if unknown or not names:
+        raise ValueError(f"mask_classes must name at least one class among {classes[1:]}; unknown: {unknown}")
+    return {"mask_classes": sorted(classes.index(name) for name in names)}
 
 
-def instance_loss(model: nn.Module, images: list[torch.Tensor], targets: list[dict], device) -> torch.Tensor:
-    """Sum of the model's training losses (RPN objectness and boxes, classifier, boxes, masks)."""
+def train_transforms(config) -> v2.Compose:
+    """Training augmentation: horizontal flip (``config.hflip``; boxes and masks follow), image -> float32 in
+    [0, 1] (the model normalises and resizes itself)."""
+    flip = [v2.RandomHorizontalFlip()] if config.hflip else []
+    return v2.Compose([*flip, v2.ToDtype(torch.float32, scale=True)])
+
+
+def collate(batch: Sequence[tuple]) -> tuple[list[torch.Tensor], list[dict]]:
+    """``[(image, target), ...]`` → ``([images], [targets])``, images kept apart since their sizes differ (the
+    model batches them itself), targets cut to the keys the model reads."""
+    return [image for image, _ in batch], [{key: target[key] for key in MODEL_KEYS} for _, target in batch]
+
+
+def batch_groups(dataset) -> list[int] | None:
+    """Aspect-ratio groups of a COCO dataset (detection batches share one, as torchvision's reference); None
+    for generated data, whose images share one size."""
+    return aspect_ratio_groups(dataset) if hasattr(dataset, "coco") else None
+
+
+def loss_normalizer(micro_batches: list, device: torch.device) -> float:
+    """The micro-batches of the step: the model's losses are means over its batch, so each is divided by it."""
+    return float(len(micro_batches))
+
+
+def loss(model: nn.Module, images: list[torch.Tensor], targets: list[dict], device: torch.device,
+         normalizer: float = 1.0, memory_format: torch.memory_format | None = None) -> torch.Tensor:
+    """Sum of the model's training losses (RPN objectness and boxes, classifier, boxes, masks) / ``normalizer``;
+    ``memory_format`` is the semantic models' (detection models batch their images themselves)."""
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()} for target in targets]
-    return sum(model(images, targets).values())
+    return sum(model(images, targets).values()) / normalizer
 
 
 def ground_truth(dataset) -> tuple[COCO, dict[int, int], list[int]]:
@@ -63,44 +105,51 @@ def ground_truth(dataset) -> tuple[COCO, dict[int, int], list[int]]:
     return coco, {i: i for i in range(1, len(dataset.classes))}, [image["id"] for image in images]
 
 
-@torch.no_grad()
-def evaluate_instances(model: nn.Module, dataset, num_visuals: int = 8, progress: bool = True,
-                       labels: Sequence[int] | None = None, curves: dict | None = None):
-    """COCO box and mask AP of ``model`` over ``dataset`` (uint8 images, no transforms); ``labels``: score
-    these classes only (e.g. the box-only set B of partial supervision); ``curves``: a dict that receives
-    the precision-recall curves of each IoU type (``metrics.coco.precision_recall``; on rank 0 only).
+def _detect(model: nn.Module, image: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """The detections of one uint8 image (3,H,W), on the CPU."""
+    return {key: value.cpu() for key, value in model([image.to(device).float() / 255])[0].items()}
 
-    Returns ``(metrics, visuals)``: ``{"bbox": {AP, AP50, ...}, "segm": {...}}`` from COCOeval and up to
-    ``num_visuals`` tuples ``(image, target, prediction)`` for the picture grid. Under torchrun each
-    process predicts its own shard; rank 0 scores all of them and shares the metrics.
+
+def evaluate(model: nn.Module, dataset, meta: dict | None = None, *, progress: bool = True, num_visuals: int = 8,
+             labels: Sequence[int] | None = None, **inference):
+    """COCO box and mask AP of ``model`` over ``dataset`` (uint8 images, no transforms); ``labels``: score
+    these classes only (e.g. the box-only set B of partial supervision). ``meta`` is not needed (the COCO
+    categories come from the dataset); ``inference`` options are the semantic models' (an error when set).
+
+    Returns ``(metrics, visuals)``: ``{"bbox": {AP, AP50, ...}, "segm": {...}, "curves": {iou type:
+    precision-recall curves}}`` from COCOeval (``metrics.coco.precision_recall``) and up to ``num_visuals``
+    tuples ``(image, target, prediction)`` for the picture grid. Under torchrun each process predicts its own
+    shard; rank 0 scores all of them and shares the metrics.
     """
+    _refuse_semantic_options(inference)
     coco, label_to_category, image_ids = ground_truth(dataset)
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     predictions, visuals = [], []
     indices = distributed.shard_indices(len(dataset))
-    for index in tqdm(indices, desc="eval", disable=not progress, leave=False):
-        image, target = dataset[index]
-        prediction = model([image.to(device).float() / 255])[0]
-        prediction = {key: value.cpu() for key, value in prediction.items()}
-        predictions.append(prediction)
-        if len(visuals) < num_visuals:
-            visuals.append((image, target, prediction))
-    model.train(was_training)
+    with inference_context(model):
+        for index in tqdm(indices, desc="eval", disable=not progress, leave=False):
+            image, target = dataset[index]
+            prediction = _detect(model, image, device)
+            predictions.append(prediction)
+            if len(visuals) < num_visuals:
+                visuals.append((image, target, prediction))
     results = distributed.gather_to_main(coco_results(predictions, [image_ids[i] for i in indices], label_to_category))
-    category_ids = None if labels is None else [label_to_category[label] for label in labels]
-    metrics = evaluate_coco(coco, results, category_ids=category_ids, curves=curves) if results is not None else None
+    metrics = None
+    if results is not None:
+        curves = {}
+        category_ids = None if labels is None else [label_to_category[label] for label in labels]
+        metrics = evaluate_coco(coco, results, category_ids=category_ids, curves=curves) | {"curves": curves}
     return distributed.broadcast_from_main(metrics), visuals
 
 
-def flat_metrics(metrics: dict) -> dict[str, float]:
-    """``{"bbox": {"AP": …}}`` -> ``{"bbox_AP": …}`` for logs and ``best_metric``."""
-    return {f"{kind}_{name}": value for kind, stats in metrics.items() for name, value in stats.items()}
+def summary(metrics: dict) -> dict[str, float]:
+    """``{"bbox": {"AP": …}, …}`` -> ``{"bbox_AP": …}`` for logs and ``best_metric``."""
+    return {f"{kind}_{name}": value for kind in IOU_TYPES if kind in metrics for name, value in metrics[kind].items()}
 
 
-def instance_picture(image, target, prediction, classes, palette, score_threshold: float = 0.5):
+def _picture(image, target, prediction, meta: dict, score_threshold: float = 0.5) -> list[Image.Image]:
     """[input, ground truth, prediction] PIL images of one sample (masks thresholded at 0.5)."""
+    classes, palette = meta["classes"], meta["palette"]
     keep = prediction["scores"] >= score_threshold
     return [Image.fromarray(image.permute(1, 2, 0).numpy()),
             viz.draw_instances(image, target["boxes"], target["labels"], target["masks"].bool(), classes, palette),
@@ -108,43 +157,53 @@ def instance_picture(image, target, prediction, classes, palette, score_threshol
                                prediction["masks"][keep, 0] > 0.5, classes, palette, prediction["scores"][keep])]
 
 
-def write_instance_report(metrics: dict, classes: Sequence[str], palette, visuals, out_dir: str | Path, *,
-                          curves: dict | None = None, config: dict | None = None,
-                          run_dir: str | Path | None = None) -> str:
+def pictures(visuals, meta: dict) -> list[list[Image.Image]]:
+    """[input, ground truth, predictions scoring ≥ 0.5] PIL images of each of :func:`evaluate`'s visuals."""
+    return [_picture(*visual, meta) for visual in visuals]
+
+
+def write_report(metrics: dict, visuals, meta: dict, out_dir: str | Path, *, config: dict | None = None,
+                 run_dir: str | Path | None = None) -> str:
     """Write ``metrics.json`` (COCO box/mask stats), ``overlays.png`` (input | ground truth | predictions
-    scoring ≥ 0.5) and ``report.html`` (``seglab.report``: with the precision-recall ``curves`` of
-    ``evaluate_instances``, the run's ``config`` and training curves from ``run_dir``); return the Markdown table."""
+    scoring ≥ 0.5) and ``report.html`` (``seglab.report``: with the precision-recall curves of
+    :func:`evaluate`, the run's ``config`` and training curves from ``run_dir``); return the Markdown table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    rows = [instance_picture(image, target, prediction, classes, palette) for image, target, prediction in visuals]
+    scores = {kind: metrics[kind] for kind in IOU_TYPES if kind in metrics}
+    (out / "metrics.json").write_text(json.dumps(scores, indent=2))
+    rows = pictures(visuals, meta)
     if rows:
         viz.grid(rows, titles=list(report.INSTANCE_COLUMNS)).save(out / "overlays.png")
-    report.instance_report(out, metrics, classes, [("", row) for row in rows], curves=curves, config=config,
-                           run_dir=run_dir)
-    return format_coco_table(metrics)
+    report.instance_report(out, scores, meta["classes"], [("", row) for row in rows], curves=metrics.get("curves"),
+                           config=config, run_dir=run_dir)
+    return format_coco_table(scores)
 
 
-@torch.no_grad()
-def predict_instance_files(model: nn.Module, paths, out_dir: str | Path, score_threshold: float = 0.5) -> list[Path]:
+def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | Path, *,
+                  score_threshold: float | None = None, fmt: str = "palette", **inference) -> list[Path]:
     """For each image: ``<stem>_instances.png`` (masks, boxes, class and score drawn) and ``<stem>.json``
-    (boxes xyxy in pixels, labels, class names, scores) of the detections scoring ≥ ``score_threshold``."""
+    (boxes xyxy in pixels, labels, class names, scores) of the detections scoring ≥ ``score_threshold``
+    (default 0.5). ``fmt`` and ``inference`` are the semantic models' options (an error when set)."""
+    _refuse_semantic_options(inference)
+    if fmt != "palette":
+        raise ValueError(f"--format {fmt} applies to semantic models only")
+    threshold = 0.5 if score_threshold is None else score_threshold
     meta, device = model.meta, model_device(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.eval()
     written = []
-    for path in tqdm(list(paths), desc="predict", unit="img"):
-        image = read_image(path)
-        prediction = {k: v.cpu() for k, v in model([image.to(device).float() / 255])[0].items()}
-        keep = prediction["scores"] >= score_threshold
-        boxes, labels, scores = prediction["boxes"][keep], prediction["labels"][keep], prediction["scores"][keep]
-        stem = Path(path).stem
-        viz.draw_instances(image, boxes, labels, prediction["masks"][keep, 0] > 0.5, meta["classes"], meta["palette"],
-                           scores).save(out / f"{stem}_instances.png")
-        detections = [{"box": [round(float(v), 2) for v in box], "label": int(label),
-                       "class": meta["classes"][int(label)], "score": round(float(score), 4)}
-                      for box, label, score in zip(boxes, labels, scores)]
-        (out / f"{stem}.json").write_text(json.dumps(detections, indent=1))
-        written.append(out / f"{stem}_instances.png")
+    with inference_context(model):
+        for path in tqdm(list(paths), desc="predict", unit="img"):
+            image = read_image(path)
+            prediction = _detect(model, image, device)
+            keep = prediction["scores"] >= threshold
+            boxes, labels, scores = prediction["boxes"][keep], prediction["labels"][keep], prediction["scores"][keep]
+            stem = Path(path).stem
+            viz.draw_instances(image, boxes, labels, prediction["masks"][keep, 0] > 0.5, meta["classes"],
+                               meta["palette"], scores).save(out / f"{stem}_instances.png")
+            detections = [{"box": [round(float(v), 2) for v in box], "label": int(label),
+                           "class": meta["classes"][int(label)], "score": round(float(score), 4)}
+                          for box, label, score in zip(boxes, labels, scores)]
+            (out / f"{stem}.json").write_text(json.dumps(detections, indent=1))
+            written.append(out / f"{stem}_instances.png")
     return written

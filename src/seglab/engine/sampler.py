@@ -3,14 +3,43 @@
 Each epoch is a permutation drawn from ``(seed, epoch)``, and each sample's random augmentation is drawn
 from ``(seed, epoch, index)``. Training position is therefore just ``(epoch, batch)``: resuming skips the
 consumed batches without loading them and sees the same images, augmented the same way, in any number
-of DataLoader workers.
+of DataLoader workers. ``aspect_ratio_groups`` gives the group ids that keep a batch to one aspect ratio.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+import bisect
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+
+
+def _height_and_width(dataset: Any, index: int) -> tuple[int, int]:
+    if isinstance(dataset, Subset):
+        return _height_and_width(dataset.dataset, dataset.indices[index])
+    if hasattr(dataset, "get_height_and_width"):
+        return dataset.get_height_and_width(index)
+    image = dataset[index][0]  # fallback: read the item (slow: decodes the image)
+    return tuple(image.shape[-2:])
+
+
+def aspect_ratio_groups(dataset: Any, k: int = 0) -> list[int]:
+    """Group id of every item by its aspect ratio width / height (torchvision's reference
+    ``create_aspect_ratio_groups``): bin edges ``2 ** linspace(-1, 1, 2k + 1)`` (``[1.0]`` for k = 0, i.e.
+    tall < 1 <= wide), group = number of edges <= the ratio, so ids run 0..2k+1 (0..1 for k = 0).
+
+    Sizes come from ``dataset.get_height_and_width(i)`` when it exists (through ``Subset``), else
+    from reading each item.
+    """
+    if k < 0:
+        raise ValueError(f"aspect ratio group factor k must be >= 0, got {k}")
+    edges = (2 ** np.linspace(-1, 1, 2 * k + 1)).tolist() if k > 0 else [1.0]
+    groups = []
+    for index in range(len(dataset)):
+        height, width = _height_and_width(dataset, index)
+        groups.append(bisect.bisect_right(edges, width / height))
+    return groups
 
 
 class EpochBatchSampler:
@@ -25,7 +54,7 @@ class EpochBatchSampler:
         batch_size: samples per batch and replica (× ``num_replicas`` ≤ ``num_samples``).
         seed: base seed of the permutations.
         start: ``(epoch, batch)`` to start from (as returned by ``position(step)``).
-        groups: optional group id per sample (e.g. ``data.aspect_ratio_groups``): every batch then holds
+        groups: optional group id per sample (e.g. ``aspect_ratio_groups(dataset)``): every batch then holds
             one group only, as detection training groups images by aspect ratio; each group drops its
             own incomplete batch and the epoch's batches are shuffled.
         rank, num_replicas: this replica and the number of replicas (torchrun's rank and world size).

@@ -20,25 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torchvision.ops.misc import FrozenBatchNorm2d
 from tqdm import tqdm
 
-from .. import data, viz
+from .. import viz
+from ..io import safe_load, save_checkpoint
+from ..models import create, model_meta
 from . import distributed
-from ..data.coco import aspect_ratio_groups
-from ..models import create, entry
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, save_config
-from .evaluate import evaluate, overlay_rows, write_report
-from .instance import (collate_for_model, evaluate_instances, flat_metrics, instance_loss, instance_picture,
-                       instance_transforms, write_instance_report)
+from .datasets import build_split
 from .optim import build_optimizer, build_scheduler
+from .rng import rng_state, set_rng_state
 from .sampler import EpochBatchSampler, SeededTransforms
-
-IGNORE_INDEX = 255
+from .tasks import task_module
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,54 +50,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def collate_semantic(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(image (3,H,W) float, {"mask": (H,W)})] → images (N,3,H,W), masks (N,H,W) int64."""
-    images = torch.stack([image for image, _ in batch])
-    masks = torch.stack([target["mask"] for _, target in batch]).long()
-    return images, masks
-
-
-def semantic_loss(outputs: dict, masks: torch.Tensor, aux_weight: float = 0.4,
-                  normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
-    """Pixel-wise cross-entropy ignoring label 255, plus ``aux_weight`` × the auxiliary head's loss:
-    the per-pixel losses summed and divided by ``normalizer`` (default: this batch's labelled pixels,
-    i.e. the mean; data parallelism and accumulation pass the count over all their batches)."""
-    if normalizer is None:
-        normalizer = (masks != IGNORE_INDEX).sum().clamp_min(1)
-
-    def summed(logits):
-        return F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
-
-    loss = summed(outputs["out"])
-    if "aux" in outputs:
-        loss = loss + aux_weight * summed(outputs["aux"])
-    return loss / normalizer
-
-
 def build_datasets(config: TrainConfig):
-    """(train, val) datasets without transforms; on-disk data is validated before training starts."""
-    def build(split: str, count: int):
-        return data.build_dataset(config.data, split, root=config.data_root, num_images=count,
-                                  image_size=config.image_size, seed=config.seed, **config.data_options)
+    """(train, val, num_classes): the datasets without transforms, on-disk data validated before training starts."""
+    def build(split: str, count: int | None, num_classes: int | None):
+        return build_split(config.data, split, root=config.data_root, num_images=count, image_size=config.image_size,
+                           seed=config.seed, num_classes=num_classes, options=config.data_options,
+                           announce=distributed.is_main())
 
-    train_set = build(config.train_split, config.num_train)
-    val_set = build(config.val_split, config.num_val) if config.val_split else None
+    train_set = build(config.train_split, config.num_train, config.num_classes)
     num_classes = config.num_classes or len(train_set.classes)
-    if config.data != "shapes":  # generated data is valid by construction
-        for name, dataset in ((config.train_split, train_set), (config.val_split, val_set)):
-            if dataset is not None:
-                _check_labels(data.validate_dataset(dataset, num_classes), name)
+    val_set = build(config.val_split, config.num_val, num_classes) if config.val_split else None
     return train_set, val_set, num_classes
-
-
-def _check_labels(summary: dict, split: str) -> None:
-    """Refuse a split with no labelled pixel; say how many of its images have none (they add no loss)."""
-    if summary["ignore_pixels"] == summary["total_pixels"]:
-        raise ValueError(f"every mask pixel of split {split!r} is {IGNORE_INDEX} (ignore): nothing to learn from "
-                         f"or score; check the masks' values and the class mapping")
-    if summary["unlabelled_images"] and distributed.is_main():
-        tqdm.write(f"seglab: {summary['unlabelled_images']} of {summary['images']} images of split {split!r} have no "
-                   f"labelled pixel (all {IGNORE_INDEX}); they are kept and add nothing to the loss")
 
 
 class Trainer:
@@ -119,9 +78,9 @@ class Trainer:
         self.events = self._event_writer() if config.tensorboard else None
         seed_everything(config.seed)
         self.train_set, self.val_set, self.num_classes = build_datasets(config)
-        self.task = entry(config.model).task
-        self.best_metric = config.best_metric or ("miou" if self.task == "semantic" else "segm_AP")
-        options = self._model_options()
+        self.task = task_module({"model": config.model})
+        self.best_metric = config.best_metric or self.task.DEFAULT_METRIC
+        options = config.model_kwargs() | self.task.model_options(config, self.train_set.classes)
         self.model = create(config.model, self.num_classes, **options).to(self.device)
         if config.sync_bn:
             if not (distributed.active() and self.device.type == "cuda"):
@@ -144,30 +103,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
         self.step, self.best, self.skipped = 0, -float("inf"), 0
         self.stop_requested = False
-        self.meta = {
-            "model": config.model,
-            "options": options | {"weights_backbone": None, "weights": None},
-            "num_classes": self.num_classes, "classes": list(self.train_set.classes)[:self.num_classes],
-            "palette": [list(c) for c in self.train_set.palette], "mean": list(data.IMAGENET_MEAN),
-            "std": list(data.IMAGENET_STD), "task": self.task,
-        }
+        self.meta = model_meta(config.model, self.num_classes, options, classes=self.train_set.classes,
+                               palette=self.train_set.palette)
         if config.resume or distributed.restarted():  # torchrun restarted the group after a failure
             self._resume()
         if self.main:
             save_config(config, self.out / "config.yaml")
-
-    def _model_options(self) -> dict:
-        """The config's model options, with ``mask_classes`` names turned into class ids."""
-        options, names = self.config.model_kwargs(), self.config.mask_classes
-        if names is None:
-            return options
-        if self.task != "instance":
-            raise ValueError("mask_classes (partial mask supervision) applies to instance models only")
-        classes = list(self.train_set.classes)
-        unknown = [name for name in names if name not in classes[1:]]
-        if unknown or not names:
-            raise ValueError(f"mask_classes must name at least one class among {classes[1:]}; unknown: {unknown}")
-        return options | {"mask_classes": sorted(classes.index(name) for name in names)}
 
     def _say(self, message: str) -> None:
         if self.main:
@@ -201,7 +142,7 @@ class Trainer:
         if not path.is_file():
             self._say(f"seglab: --resume: no checkpoint at {path}, starting from scratch")
             return
-        checkpoint = load_checkpoint(path)
+        checkpoint = safe_load(path)
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -213,21 +154,15 @@ class Trainer:
     # -- loop ------------------------------------------------------------------------------------------
     def _loader(self) -> DataLoader:
         config = self.config
-        if self.task == "instance":  # the model resizes and normalises; batches share an aspect ratio
-            transforms, collate = instance_transforms(config.hflip), collate_for_model
-            groups = aspect_ratio_groups(self.train_set) if hasattr(self.train_set, "coco") else None
-        else:
-            transforms = data.train_transforms(config.crop_size or config.image_size,
-                                               scale_range=config.scale_range, hflip=config.hflip)
-            collate, groups = collate_semantic, None
-        sampler = EpochBatchSampler(len(self.train_set), config.batch_size, config.seed, groups=groups,
-                                    rank=distributed.rank(), num_replicas=distributed.world_size())
+        sampler = EpochBatchSampler(len(self.train_set), config.batch_size, config.seed,
+                                    groups=self.task.batch_groups(self.train_set), rank=distributed.rank(),
+                                    num_replicas=distributed.world_size())
         sampler.start = sampler.position(self.step * config.accumulate)
-        dataset = SeededTransforms(self.train_set, transforms, config.seed)
+        dataset = SeededTransforms(self.train_set, self.task.train_transforms(config), config.seed)
         # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run
         # would see different dropout masks than a straight one.
         return DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                          collate_fn=collate, persistent_workers=config.num_workers > 0,
+                          collate_fn=self.task.collate, persistent_workers=config.num_workers > 0,
                           generator=torch.Generator().manual_seed(config.seed))
 
     def _log(self, record: dict) -> None:
@@ -240,18 +175,11 @@ class Trainer:
                     self.events.add_scalar(key, value, record["step"])
 
     def validate(self) -> dict:
-        if self.task == "instance":
-            result, visuals = evaluate_instances(self.model, self.val_set, progress=self.main)
-            summary = flat_metrics(result)
-        else:
-            result, visuals = evaluate(self.model, self.val_set, self.num_classes, self.meta["mean"],
-                                       self.meta["std"], progress=self.main)
-            summary = {k: result[k] for k in ("pixel_acc", "mean_acc", "miou", "fwiou")}
+        result, visuals = self.task.evaluate(self.model, self.val_set, self.meta, progress=self.main)
+        summary = self.task.summary(result)
         self._log({"step": self.step, **{f"val/{k}": v for k, v in summary.items()}})
         if self.events is not None and visuals:
-            classes, palette = self.meta["classes"], self.meta["palette"]
-            rows = [instance_picture(*visual, classes, palette) for visual in visuals] if self.task == "instance" \
-                else overlay_rows(visuals, palette)
+            rows = self.task.pictures(visuals, self.meta)
             self.events.add_image("val/overlays", np.asarray(viz.grid(rows)), self.step, dataformats="HWC")
         if self.best_metric not in summary:
             raise ValueError(f"best_metric {self.best_metric!r} is not a validation metric; one of {sorted(summary)}")
@@ -267,20 +195,13 @@ class Trainer:
         averaged over processes by DDP) are those of the whole global batch."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16 if self.device.type == "cpu" else torch.float16,
                             enabled=self.config.amp):
-            if self.task == "instance":
-                return instance_loss(self.trained, images, targets, self.device) / self.config.accumulate
-            images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
-            return semantic_loss(self.trained(images), targets.to(self.device, non_blocking=True),
-                                 normalizer=normalizer)
+            return self.task.loss(self.trained, images, targets, self.device, normalizer, self.memory_format)
 
     def train_step(self, micro_batches: list) -> tuple[float, bool]:
         """Forward and backward over the micro-batches of one step; returns (the loss of the global
         batch, whether loss and gradients are finite). Also agrees on a stop request across processes: one
         all-reduce of (loss, stop request, non-finite gradients), the one host sync of the step."""
-        normalizer = None
-        if self.task == "semantic":  # labelled pixels of the global batch, over the processes' world size
-            valid = sum((masks != IGNORE_INDEX).sum() for _, masks in micro_batches).to(self.device, torch.float64)
-            normalizer = (distributed.all_reduce_sum(valid).clamp_min(1) / distributed.world_size()).float()
+        normalizer = self.task.loss_normalizer(micro_batches, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for index, (images, targets) in enumerate(micro_batches):
@@ -374,9 +295,8 @@ class Trainer:
         if self.main:
             viz.plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
             if result is not None:
-                report = write_instance_report if self.task == "instance" else write_report
-                tqdm.write(report(result, self.meta["classes"], self.meta["palette"], self.last_visuals,
-                                  self.out / "eval", config=self.config.to_dict(), run_dir=self.out))
+                tqdm.write(self.task.write_report(result, self.last_visuals, self.meta, self.out / "eval",
+                                                  config=self.config.to_dict(), run_dir=self.out))
         return result
 
 

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from seglab.data.coco import load_coco, read_json
+from seglab.data.coco_format import encode_masks, load_coco, read_json
 
 # COCOeval.stats, in order (maxDets 100 unless named; s/m/l: area < 32², 32²..96², > 96² pixels)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -74,10 +73,7 @@ def coco_results(
             if masks.dim() != 3 or len(masks) != len(boxes):
                 raise ValueError(f"image {image_id}: masks of shape {tuple(masks.shape)} for {len(boxes)} "
                                  "detections; expected (N, 1, H, W) or (N, H, W)")
-            binary = masks > mask_threshold if masks.is_floating_point() else masks != 0
-            # pycocotools wants (H, W, N) Fortran-ordered uint8
-            rles = mask_utils.encode(np.asfortranarray(binary.permute(1, 2, 0).numpy().astype(np.uint8)))
-            segmentations = [{"size": list(r["size"]), "counts": r["counts"].decode("ascii")} for r in rles]
+            segmentations = encode_masks(masks > mask_threshold if masks.is_floating_point() else masks != 0)
         for k, (box, label, score) in enumerate(zip(xywh, labels, scores)):
             record = {"image_id": int(image_id), "category_id": int(label_to_category_id[label]),
                       "bbox": [float(v) for v in box], "score": float(score)}

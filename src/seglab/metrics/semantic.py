@@ -126,6 +126,17 @@ class SegmentationMetrics:
         }
 
 
+def image_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> float:
+    """Mean IoU of one image (H, W) over the classes in its labelled target or prediction pixels; nan when
+    no pixel is labelled."""
+    keep = target != ignore_index
+    pred, target = pred[keep].long(), target[keep].long()
+    hits = torch.bincount(target[pred == target], minlength=num_classes)
+    union = torch.bincount(target, minlength=num_classes) + torch.bincount(pred, minlength=num_classes) - hits
+    present = union > 0
+    return (hits[present] / union[present]).mean().item()
+
+
 def format_table(result: dict, class_names: list[str]) -> str:
     """Markdown table of a :meth:`SegmentationMetrics.compute` result, values in percent.
 

@@ -8,7 +8,7 @@ from torch import nn
 from ..io import resolve_checkpoint, safe_load
 from . import deeplab, dilation, fcis, fcn, gcn, maskrcnn  # noqa: F401  (registering the models)
 from .base import load_state
-from .registry import count_parameters, create, entry, names, register
+from .registry import count_parameters, create, default_num_classes, entry, model_meta, names, register, task_of
 
 
 def load(path: str | Path, device: str = "cpu", **options) -> nn.Module:
@@ -31,4 +31,5 @@ def from_checkpoint(checkpoint: dict, source: str | Path, device: str = "cpu", *
     return model.to(device).eval()
 
 
-__all__ = ["create", "names", "load", "from_checkpoint", "register", "entry", "count_parameters"]
+__all__ = ["create", "names", "load", "from_checkpoint", "register", "entry", "count_parameters", "model_meta",
+           "task_of", "default_num_classes"]

@@ -2,6 +2,9 @@
 to the input size (torchvision's ``_SimpleSegmentationModel``), plus the helpers their builders share."""
 from __future__ import annotations
 
+import inspect
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,3 +78,22 @@ def load_state(model: nn.Module, state: dict, source) -> None:
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's parameters; the CPU for a model without (``seglab.export.OnnxModel``)."""
     return next(model.parameters(), torch.empty(0)).device
+
+
+def options_of(*targets: Callable, exclude: tuple[str, ...] = ()):
+    """Decorator for a builder that passes ``**options`` on to ``targets``: its ``inspect.signature`` becomes its
+    own parameters (without ``**options``), then the keyword-only parameters of each target not named yet or in
+    ``exclude``, with their defaults. The options are written once, where they are used, and still listed.
+    An unknown option raises where it lands (TypeError "unexpected keyword argument")."""
+
+    def decorate(builder: Callable) -> Callable:
+        own = inspect.signature(builder)
+        parameters = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        for target in targets:
+            names = {p.name for p in parameters} | set(exclude)
+            parameters += [p for p in inspect.signature(target).parameters.values()
+                           if p.kind is p.KEYWORD_ONLY and p.name not in names]
+        builder.__signature__ = own.replace(parameters=parameters)
+        return builder
+
+    return decorate

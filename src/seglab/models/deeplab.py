@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.vgg import deeplab_vgg16_backbone, scaled
-from .base import SegmentationModel, load_weights, resnet_backbone
+from .base import SegmentationModel, load_weights, options_of, resnet_backbone
 from .fcn import fcn_head
 from .registry import register
 
@@ -153,25 +153,6 @@ def _deeplabv3plus(depth: int, num_classes: int, *, output_stride: int = 16,
     return load_weights(SegmentationModel(backbone, decoder, feature=None), weights)
 
 
-def _deeplabv2(depth: int, num_classes: int, *, aspp_rates: Sequence[int] = (6, 12, 18, 24),
-               output_stride: int = 8, width_mult: float = 1.0, weights: str | None = None,
-               weights_backbone: str | None = None, frozen_bn: bool = False) -> SegmentationModel:
-    backbone = resnet_backbone(depth, output_stride=output_stride, width_mult=width_mult,
-                               weights_backbone=weights_backbone, frozen_bn=frozen_bn)
-    aspp = ASPPSum(backbone.channels["layer4"], num_classes, aspp_rates)
-    return load_weights(SegmentationModel(backbone, aspp), weights)
-
-
-def _deeplabv1(num_classes: int, *, width_mult: float = 1.0, batch_norm: bool = False, rate: int = 12,
-               dropout: float = 0.5, weights: str | None = None, weights_backbone: str | None = None,
-               frozen_bn: bool = False) -> SegmentationModel:
-    backbone = deeplab_vgg16_backbone(width_mult=width_mult, batch_norm=batch_norm,
-                                      weights_backbone=weights_backbone, frozen_bn=frozen_bn)
-    head = LargeFOVHead(backbone.channels["pool5"], num_classes, scaled(1024, width_mult), rate, dropout)
-    # Output pixel i sits on input pixel 8i (3×3 pools with padding), hence align_corners=True.
-    return load_weights(SegmentationModel(backbone, head, feature="pool5", align_corners=True), weights)
-
-
 ASPP_L, ASPP_S = (6, 12, 18, 24), (2, 4, 8, 12)  # DeepLab v2 §4.1
 _V1 = "Chen et al., Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected CRFs " \
       "(arXiv:1412.7062)"
@@ -182,36 +163,51 @@ _V3PLUS = "Chen et al., Encoder-Decoder with Atrous Separable Convolution (arXiv
 
 
 @register("deeplabv1_vgg16", task="semantic", paper=_V1)
-def deeplabv1_vgg16(num_classes: int, **options) -> SegmentationModel:
+def deeplabv1_vgg16(num_classes: int, *, width_mult: float = 1.0, batch_norm: bool = False, rate: int = 12,
+                    dropout: float = 0.5, weights: str | None = None, weights_backbone: str | None = None,
+                    frozen_bn: bool = False) -> SegmentationModel:
     """DeepLab-LargeFOV: atrous VGG16 (output stride 8) + ``LargeFOVHead``, logits upsampled bilinearly."""
-    return _deeplabv1(num_classes, **options)
+    backbone = deeplab_vgg16_backbone(width_mult=width_mult, batch_norm=batch_norm,
+                                      weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    head = LargeFOVHead(backbone.channels["pool5"], num_classes, scaled(1024, width_mult), rate, dropout)
+    # Output pixel i sits on input pixel 8i (3×3 pools with padding), hence align_corners=True.
+    return load_weights(SegmentationModel(backbone, head, feature="pool5", align_corners=True), weights)
 
 
 @register("deeplabv2_resnet101", task="semantic", paper=_V2)
-def deeplabv2_resnet101(num_classes: int, **options) -> SegmentationModel:
+def deeplabv2_resnet101(num_classes: int, *, aspp_rates: Sequence[int] = ASPP_L, output_stride: int = 8,
+                        width_mult: float = 1.0, weights: str | None = None, weights_backbone: str | None = None,
+                        frozen_bn: bool = False) -> SegmentationModel:
     """DeepLab v2 ASPP-L on ResNet-101 at output stride 8; ``aspp_rates=ASPP_S`` for ASPP-S."""
-    return _deeplabv2(101, num_classes, **options)
+    backbone = resnet_backbone(101, output_stride=output_stride, width_mult=width_mult,
+                               weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    aspp = ASPPSum(backbone.channels["layer4"], num_classes, aspp_rates)
+    return load_weights(SegmentationModel(backbone, aspp), weights)
 
 
 @register("deeplabv3_resnet50", task="semantic", paper=_V3)
+@options_of(_deeplabv3)
 def deeplabv3_resnet50(num_classes: int, **options) -> SegmentationModel:
     """DeepLab v3 on ResNet-50 (torchvision layout by default; see the module docstring)."""
     return _deeplabv3(50, num_classes, **options)
 
 
 @register("deeplabv3_resnet101", task="semantic", paper=_V3)
+@options_of(_deeplabv3)
 def deeplabv3_resnet101(num_classes: int, **options) -> SegmentationModel:
     """DeepLab v3 on ResNet-101 (torchvision layout by default; see the module docstring)."""
     return _deeplabv3(101, num_classes, **options)
 
 
 @register("deeplabv3plus_resnet50", task="semantic", paper=_V3PLUS)
+@options_of(_deeplabv3plus)
 def deeplabv3plus_resnet50(num_classes: int, **options) -> SegmentationModel:
     """DeepLab v3+ (ASPP + decoder on layer1) on ResNet-50, output stride 16."""
     return _deeplabv3plus(50, num_classes, **options)
 
 
 @register("deeplabv3plus_resnet101", task="semantic", paper=_V3PLUS)
+@options_of(_deeplabv3plus)
 def deeplabv3plus_resnet101(num_classes: int, **options) -> SegmentationModel:
     """DeepLab v3+ (ASPP + decoder on layer1) on ResNet-101, output stride 16."""
     return _deeplabv3plus(101, num_classes, **options)

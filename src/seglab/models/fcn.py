@@ -25,7 +25,7 @@ from torch import nn
 
 from ..backbones import VGG16, prepare_backbone
 from ..ops import FixedBilinearUpsample, bilinear_conv_transpose, upsampling_padding
-from .base import SegmentationModel, load_weights, resnet_backbone
+from .base import SegmentationModel, load_weights, options_of, resnet_backbone
 from .registry import register
 
 # Crop offsets of the reference nets (voc-fcn{32,16,8}s): score_pool4 → 5, score_pool3 → 9,
@@ -114,18 +114,21 @@ _PAPER = "Long et al., Fully Convolutional Networks for Semantic Segmentation (a
 
 
 @register("fcn32s_vgg16", task="semantic", paper=_PAPER)
+@options_of(_build)
 def fcn32s_vgg16(num_classes: int, **options) -> FCN:
     """FCN-32s: score_fr upsampled 32× (single stream). Options: see ``_build``."""
     return _build(num_classes, (), **options)
 
 
 @register("fcn16s_vgg16", task="semantic", paper=_PAPER)
+@options_of(_build)
 def fcn16s_vgg16(num_classes: int, **options) -> FCN:
     """FCN-16s: one skip from pool4, upsampled 16×."""
     return _build(num_classes, ("pool4",), **options)
 
 
 @register("fcn8s_vgg16", task="semantic", paper=_PAPER)
+@options_of(_build)
 def fcn8s_vgg16(num_classes: int, **options) -> FCN:
     """FCN-8s: skips from pool4 and pool3, upsampled 8×."""
     return _build(num_classes, ("pool4", "pool3"), **options)
@@ -153,12 +156,14 @@ _TV_FCN = "torchvision's FCN variant: dilated ResNet + FCN head (Long et al., ar
 
 
 @register("fcn_resnet50", task="semantic", paper=_TV_FCN)
+@options_of(_build_resnet)
 def fcn_resnet50(num_classes: int, **options) -> SegmentationModel:
     """FCN head on a dilated ResNet-50 (output stride 8), torchvision's layout and parameter names."""
     return _build_resnet(50, num_classes, **options)
 
 
 @register("fcn_resnet101", task="semantic", paper=_TV_FCN)
+@options_of(_build_resnet)
 def fcn_resnet101(num_classes: int, **options) -> SegmentationModel:
     """FCN head on a dilated ResNet-101 (output stride 8), torchvision's layout and parameter names."""
     return _build_resnet(101, num_classes, **options)

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..backbones.resnet import LAYER_NAMES, ResNet
 from ..ops import bilinear_conv_transpose, upsampling_padding
-from .base import load_weights, resnet_backbone
+from .base import load_weights, options_of, resnet_backbone
 from .fcn import crop_like
 from .registry import register
 
@@ -119,12 +119,14 @@ _PAPER = "Peng et al., Large Kernel Matters — Improve Semantic Segmentation by
 
 
 @register("gcn_resnet50", task="semantic", paper=_PAPER)
+@options_of(_build)
 def gcn_resnet50(num_classes: int, **options) -> GlobalConvNet:
     """GCN + BR on ResNet-50, k = 15, output stride 32 (options: see ``_build``)."""
     return _build(50, num_classes, **options)
 
 
 @register("gcn_resnet101", task="semantic", paper=_PAPER)
+@options_of(_build)
 def gcn_resnet101(num_classes: int, **options) -> GlobalConvNet:
     """GCN + BR on ResNet-101, k = 15, output stride 32 (options: see ``_build``)."""
     return _build(101, num_classes, **options)

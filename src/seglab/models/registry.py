@@ -1,6 +1,7 @@
 """The model registry: ``@register(name)`` on a builder whose keyword arguments are the model's options."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -10,6 +11,8 @@ from torch import nn
 from ..data.palette import voc_palette
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
+# classes of a model built without a dataset: PASCAL VOC's 21 and COCO's 91 category ids (torchvision's defaults)
+DEFAULT_NUM_CLASSES = {"semantic": 21, "instance": 91}
 WEIGHT_OPTIONS = ("weights", "weights_backbone")  # where a model's first weights come from: not part of what it is
 
 
@@ -43,9 +46,29 @@ def entry(name: str) -> Entry:
     return _REGISTRY[name]
 
 
+def task_of(meta: dict) -> str:
+    """The task of the model that a checkpoint's or exported file's ``meta`` describes: its registry entry's, or
+    the stored one where no model name is stored (a model built by hand)."""
+    name = meta.get("model")
+    return entry(name).task if name else meta["task"]
+
+
+def default_num_classes(name: str) -> int:
+    """The classes of ``name`` built without a dataset (:data:`DEFAULT_NUM_CLASSES` of its task)."""
+    return DEFAULT_NUM_CLASSES[entry(name).task]
+
+
 def names(task: str | None = None) -> list[str]:
     """Sorted registered model names, optionally only those of one task."""
     return sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
+
+
+def options(name: str) -> dict[str, object]:
+    """The keyword options of model ``name`` and their defaults, in the order of its builder's signature
+    (without ``num_classes``); e.g. ``options("fcn8s_vgg16")["width_mult"] == 1.0``."""
+    parameters = inspect.signature(entry(name).builder).parameters.values()
+    return {p.name: p.default for p in parameters
+            if p.name != "num_classes" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def create(name: str, num_classes: int, **options) -> nn.Module:

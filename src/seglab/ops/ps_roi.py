@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair  # torchvision's size pair
 
-from .roi import _align_gather, _pair, _rois, roi_align
+from .roi import align_gather, as_rois, roi_align
 
 __all__ = ["ps_roi_align", "PSRoIAlign"]
 
@@ -45,10 +46,10 @@ def ps_roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spati
         raise ValueError(f"input channels ({channels}) must be a multiple of the {group[0]}×{group[1]} cells "
                          f"of the position-sensitive grid ({cells})")
     if torch.onnx.is_in_onnx_export():
-        return _cellwise_roi_align(input, _rois(input, boxes), pooled, group, spatial_scale, sampling_ratio)
+        return _cellwise_roi_align(input, as_rois(input, boxes), pooled, group, spatial_scale, sampling_ratio)
     table = input.reshape(batch, channels // cells, cells, height, width).permute(2, 0, 3, 4, 1)
     table = table.reshape(cells * batch * height * width, channels // cells)
-    return _align_gather(table, _rois(input, boxes), pooled, spatial_scale, sampling_ratio, True, (height, width),
+    return align_gather(table, as_rois(input, boxes), pooled, spatial_scale, sampling_ratio, True, (height, width),
                          _cell_rows(pooled, group, batch * height * width, input.device))
 
 

@@ -20,14 +20,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair  # torchvision's size pair
 
-__all__ = ["roi_align", "roi_pool", "RoIAlign", "RoIPool", "MultiScaleRoIAlign", "fpn_levels", "convert_boxes_to_roi_format"]
+__all__ = ["roi_align", "roi_pool", "RoIAlign", "RoIPool", "MultiScaleRoIAlign", "fpn_levels", "convert_boxes_to_roi_format",
+           "as_rois", "align_gather"]
 
 _CHUNK_ENTRIES = 1 << 20  # gather entries per chunk: bounds the index tensors (tens of MB)
-
-
-def _pair(size) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def convert_boxes_to_roi_format(boxes: Tensor | list[Tensor]) -> Tensor:
@@ -50,8 +48,9 @@ def _channels_last_table(input: Tensor) -> Tensor:
     return input.permute(0, 2, 3, 1).reshape(-1, input.shape[1])
 
 
-def _rois(input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
-    """(K, 5) boxes in the input's dtype, detached: boxes get no gradient, as in torchvision."""
+def as_rois(input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
+    """The (K, 5) ``(batch index, x1, y1, x2, y2)`` RoIs of ``boxes`` (see :func:`convert_boxes_to_roi_format`)
+    in the dtype of ``input`` (N, C, H, W), detached: boxes get no gradient, as in torchvision."""
     return convert_boxes_to_roi_format(boxes).detach().to(input.dtype)
 
 
@@ -128,10 +127,10 @@ def roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_
     pixel centres line up (Detectron2); without it RoIs are at least 1×1. Samples beyond one pixel
     outside the map count as zero.
     """
-    rois, pooled = _rois(input, boxes), _pair(output_size)
+    rois, pooled = as_rois(input, boxes), _pair(output_size)
     if torch.onnx.is_in_onnx_export():
         return _OnnxRoIAlign.apply(input, rois, pooled, spatial_scale, sampling_ratio, aligned)
-    return _align_gather(_channels_last_table(input), rois, pooled, spatial_scale, sampling_ratio, aligned,
+    return align_gather(_channels_last_table(input), rois, pooled, spatial_scale, sampling_ratio, aligned,
                          input.shape[-2:])
 
 
@@ -140,7 +139,7 @@ class _OnnxRoIAlign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, rois, pooled, spatial_scale, sampling_ratio, aligned):
-        return _align_gather(_channels_last_table(input), rois, pooled, spatial_scale, sampling_ratio, aligned,
+        return align_gather(_channels_last_table(input), rois, pooled, spatial_scale, sampling_ratio, aligned,
                              input.shape[-2:])
 
     @staticmethod
@@ -157,11 +156,12 @@ class _OnnxRoIAlign(torch.autograd.Function):
                     coordinate_transformation_mode_s="half_pixel" if aligned else "output_half_pixel")
 
 
-def _align_gather(table: Tensor, rois: Tensor, pooled: tuple[int, int], spatial_scale: float, sampling_ratio: int,
-                  aligned: bool, size: tuple[int, int], cell_rows: Tensor | None = None) -> Tensor:
-    """RoIAlign's bins gathered from a channels-last ``table`` (rows: (n, y, x) of maps of ``size`` (H, W))
-    → (K, C, ph, pw), channels-last in memory. ``cell_rows`` (ph·pw,), if given, is added to the row index
-    of each output bin (ph, pw) in row-major order: the position-sensitive table's block for that bin."""
+def align_gather(table: Tensor, rois: Tensor, pooled: tuple[int, int], spatial_scale: float, sampling_ratio: int,
+                 aligned: bool, size: tuple[int, int], cell_rows: Tensor | None = None) -> Tensor:
+    """RoIAlign (arguments as :func:`roi_align`'s) of (K, 5) ``rois`` on a channels-last ``table`` (N·H·W, C),
+    rows (n, y, x) of maps of ``size`` (H, W) → (K, C, ph, pw), channels-last in memory. ``cell_rows``
+    (ph·pw,), if given, is added to the row index of each output bin (ph, pw) in row-major order: the
+    block of the position-sensitive table (:func:`~seglab.ops.ps_roi_align`) that bin reads."""
     start, bins, grid = _align_samples(rois, pooled, spatial_scale, sampling_ratio, aligned)
     image = rois[:, 0].long()
     cells = pooled[0] * pooled[1]
@@ -213,7 +213,7 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
     each bin spans ``floor(i·h/ph) .. ceil((i+1)·h/ph)`` of it, clipped to the map, and outputs its
     maximum (0 for a bin entirely outside).
     """
-    rois, (pooled_h, pooled_w) = _rois(input, boxes), _pair(output_size)
+    rois, (pooled_h, pooled_w) = as_rois(input, boxes), _pair(output_size)
     if torch.onnx.is_in_onnx_export():
         return _OnnxRoIPool.apply(input, rois, (pooled_h, pooled_w), spatial_scale)
     return _pool(input, rois, (pooled_h, pooled_w), spatial_scale)

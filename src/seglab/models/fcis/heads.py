@@ -8,10 +8,8 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from ...ops import ps_roi_align
-from ..maskrcnn import BoxCoder
-from ..maskrcnn.masks import mask_targets
-from ..maskrcnn.matching import label_proposals, sample_balanced
-from .joint import joint_scores, ohem_select
+from ..detection import BoxCoder, label_proposals, mask_targets, ohem_select, sample_balanced
+from .joint import joint_scores
 from .voting import mask_voting
 
 # The FCIS reference code's smooth-L1 (sigma 1, i.e. beta 1) for the box loss, R-FCN's choice.

@@ -4,16 +4,13 @@ maps on conv5 assembled per RoI; the same inputs and outputs as seglab's Mask R-
 detection convention)."""
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Sequence
-
-from torch import Tensor
 
 from ...backbones import ResNet
 from ...backbones.fpn import freeze_layers
-from ..base import load_weights, resnet_backbone
-from ..maskrcnn import AnchorGenerator, MaskRCNN, RCNNTransform, RegionProposalNetwork, RPNHead
-from ..maskrcnn.transform import IMAGENET_MEAN, IMAGENET_STD
+from ...data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..base import load_weights, options_of, resnet_backbone
+from ..detection import AnchorGenerator, GeneralizedRCNN, RCNNTransform, RPNHead, SingleMapRPN
 from ..registry import register
 from .heads import FCISRoIHeads, PSScoreMaps
 
@@ -21,27 +18,10 @@ PAPER = "Li et al. — Fully Convolutional Instance-aware Semantic Segmentation 
 RPN_FEATURE, MAP_FEATURE = "layer3", "layer4"  # conv4 feeds the RPN (as MNC), conv5 the score maps (§3.2)
 
 
-class SingleMapRPN(RegionProposalNetwork):
-    """The RPN on one named map of the backbone's features (FCIS: conv4, §3.2), the others left to the heads."""
-
-    def __init__(self, feature: str, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.feature = feature
-
-    def forward(self, features: dict[str, Tensor], *args, **kwargs):
-        return super().forward(OrderedDict([(self.feature, features[self.feature])]), *args, **kwargs)
-
-
-class FCIS(MaskRCNN):
-    """Mask R-CNN's two-stage flow, ``transform → backbone → rpn → roi_heads → transform.postprocess``, with
-    FCIS's parts: a dilated ResNet (conv4 and conv5 at stride 16), the RPN on conv4 (:class:`SingleMapRPN`)
-    and the position-sensitive heads on conv5 (:class:`FCISRoIHeads`). Same inputs and outputs:
-
-    ``model(images, targets=None)`` with images list[(3,H_i,W_i) float in 0..1] and, in training, targets
-    list[{"boxes" (G,4) float xyxy pixels, "labels" (G,) int64 in 1..C, "masks" (G,H_i,W_i) uint8}] →
-    training: {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"};
-    eval: list[{"boxes" (D,4), "labels" (D,), "scores" (D,), "masks" (D,1,H_i,W_i) probabilities}].
-    """
+class FCIS(GeneralizedRCNN):
+    """FCIS: :class:`GeneralizedRCNN` (same inputs and outputs as Mask R-CNN) with a dilated ResNet (conv4 and
+    conv5 at stride 16), the RPN on conv4 (:class:`SingleMapRPN`) and the position-sensitive heads on conv5
+    (:class:`FCISRoIHeads`)."""
 
 
 def fcis(backbone: ResNet, num_classes: int, *, min_size: int | Sequence[int] = 600, max_size: int = 1000,
@@ -87,10 +67,11 @@ def fcis(backbone: ResNet, num_classes: int, *, min_size: int | Sequence[int] = 
     return FCIS(backbone, rpn, roi_heads, transform)
 
 
-def _fcis_resnet(depth: int, num_classes: int, *, width_mult: float = 1.0, frozen_bn: bool = True,
-                 trainable_backbone_layers: int = 3, output_stride: int = 16, weights_backbone: str | None = None,
-                 weights: str | None = None, **options) -> FCIS:
-    """``fcis`` on ResNet-``depth`` at output stride 16 with every conv5 unit dilated 2 (the paper's "hole
+@options_of(fcis)
+def fcis_resnet(depth: int, num_classes: int, *, width_mult: float = 1.0, frozen_bn: bool = True,
+                trainable_backbone_layers: int = 3, output_stride: int = 16, weights_backbone: str | None = None,
+                weights: str | None = None, **options) -> FCIS:
+    """``fcis`` (``options``) on ResNet-``depth`` at output stride 16 with every conv5 unit dilated 2 (the paper's "hole
     algorithm on all the convolutional layers of conv5", i.e. multi-grid (1, 1, 1)); ``output_stride=8``
     dilates conv4 as well (2) and conv5 by 4, for objects that span few cells at 16. Backbone defaults as
     the reference code fine-tunes from ImageNet: BatchNorm frozen, conv1 and conv2_x (layer1) frozen; from
@@ -102,13 +83,15 @@ def _fcis_resnet(depth: int, num_classes: int, *, width_mult: float = 1.0, froze
 
 
 @register("fcis_resnet50", task="instance", paper=PAPER)
+@options_of(fcis_resnet)
 def fcis_resnet50(num_classes: int, **options) -> FCIS:
     """FCIS, ResNet-50; the small configuration (e.g. ``width_mult=0.25, reduce_channels=128, min_size=128,
     max_size=128, anchor_sizes=(16, 32, 64, 128)``) trains on a CPU."""
-    return _fcis_resnet(50, num_classes, **options)
+    return fcis_resnet(50, num_classes, **options)
 
 
 @register("fcis_resnet101", task="instance", paper=PAPER)
+@options_of(fcis_resnet)
 def fcis_resnet101(num_classes: int, **options) -> FCIS:
     """FCIS, ResNet-101 (the paper's network)."""
-    return _fcis_resnet(101, num_classes, **options)
+    return fcis_resnet(101, num_classes, **options)

@@ -5,69 +5,26 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ...backbones.fpn import BackboneWithFPN, resnet_fpn_backbone
+from ...data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ...ops import MultiScaleRoIAlign
-from ..base import load_weights
+from ..base import load_weights, options_of
+from ..detection import AnchorGenerator, GeneralizedRCNN, RCNNTransform, RegionProposalNetwork, RPNHead
 from ..registry import register
-from .anchors import AnchorGenerator
 from .masks import MaskRCNNHeads, MaskRCNNPredictor
 from .roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
-from .rpn import RegionProposalNetwork, RPNHead
-from .transform import IMAGENET_MEAN, IMAGENET_STD, RCNNTransform
 
 PAPER = "He et al. — Mask R-CNN (arXiv:1703.06870)"
+MODULE_OPTIONS = ("box_roi_pool", "mask_roi_pool", "mask_predictor")  # built parts, not user options
 FPN_LEVELS = ["0", "1", "2", "3"]  # RoIs are pooled from P2..P5 (FPN eq. 1); "pool" (P6) only feeds the RPN
 
 
-class MaskRCNN(nn.Module):
-    """``transform → backbone → rpn → roi_heads → transform.postprocess``.
-
-    ``model(images, targets=None)`` with images list[(3,H_i,W_i) float in 0..1] and, in training, targets
-    list[{"boxes" (G,4) float xyxy pixels, "labels" (G,) int64 in 1..K, "masks" (G,H_i,W_i) uint8}] →
-    training: {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"};
-    eval: list[{"boxes" (D,4), "labels" (D,), "scores" (D,), "masks" (D,1,H_i,W_i) probabilities}].
-    """
-
-    def __init__(self, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
-                 transform: RCNNTransform):
-        super().__init__()
-        self.transform, self.backbone, self.rpn, self.roi_heads = transform, backbone, rpn, roi_heads
-
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        if self.training:
-            _check_targets(targets)
-        original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
-        batch, image_sizes, targets = self.transform(images, targets)
-        features = self.backbone(batch)
-        proposals, rpn_losses = self.rpn(features, batch.shape[-2:], image_sizes, targets)
-        detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
-        if self.training:
-            return {**head_losses, **rpn_losses}
-        return self.transform.postprocess(detections, image_sizes, original_sizes)
-
-
-def _check_targets(targets: list[dict[str, Tensor]] | None) -> None:
-    """ValueError unless every target has float (G,4) boxes of positive size, int64 labels and masks."""
-    if targets is None:
-        raise ValueError("Mask R-CNN needs targets in training mode")
-    for index, target in enumerate(targets):
-        missing = {"boxes", "labels", "masks"} - set(target)
-        if missing:
-            raise ValueError(f"target {index} lacks {sorted(missing)}; expected boxes, labels and masks")
-        boxes = target["boxes"]
-        if boxes.dim() != 2 or boxes.shape[-1] != 4 or not boxes.is_floating_point():
-            raise ValueError(f"target {index}: boxes must be a float (G, 4) tensor, got {boxes.dtype} "
-                             f"{tuple(boxes.shape)}")
-        if target["labels"].dtype != torch.int64:
-            raise ValueError(f"target {index}: labels must be int64, got {target['labels'].dtype}")
-        degenerate = (boxes[:, 2:] <= boxes[:, :2]).any(1)
-        if degenerate.any():
-            raise ValueError(f"target {index}: box {boxes[degenerate][0].tolist()} has no positive width and "
-                             "height (xyxy expected)")
+class MaskRCNN(GeneralizedRCNN):
+    """Mask R-CNN: :class:`GeneralizedRCNN` (same inputs and outputs) with an FPN backbone, an RPN on every
+    level and :class:`RoIHeads` (box head, then the mask branch on the detections)."""
 
 
 def _per_level(values: Sequence, levels: int) -> tuple[tuple[float, ...], ...]:
@@ -128,10 +85,11 @@ def maskrcnn(backbone: BackboneWithFPN, num_classes: int, *, min_size: int | Seq
     return MaskRCNN(backbone, rpn, roi_heads, RCNNTransform(min_size, max_size, image_mean, image_std))
 
 
-def _maskrcnn_resnet_fpn(depth: int, num_classes: int, *, fpn_channels: int = 256,
-                         trainable_backbone_layers: int = 3, frozen_bn: bool = True, bn_eps: float | None = None,
-                         weights_backbone: str | None = None, weights: str | None = None, **options) -> MaskRCNN:
-    """``maskrcnn`` on ``resnet_fpn_backbone(depth)``; ``weights``: a seglab checkpoint or torchvision Mask R-CNN
+@options_of(maskrcnn, exclude=MODULE_OPTIONS)
+def maskrcnn_resnet_fpn(depth: int, num_classes: int, *, fpn_channels: int = 256,
+                        trainable_backbone_layers: int = 3, frozen_bn: bool = True, bn_eps: float | None = None,
+                        weights_backbone: str | None = None, weights: str | None = None, **options) -> MaskRCNN:
+    """``maskrcnn`` (``options``) on ``resnet_fpn_backbone(depth)``; ``weights``: a seglab checkpoint or torchvision Mask R-CNN
     state dict on disk (strict). The backbone defaults are detection practice with ImageNet weights
     (torchvision's too): BatchNorm frozen, conv1 and layer1 frozen; from scratch, pass
     ``frozen_bn=False, trainable_backbone_layers=5``. ``bn_eps`` overrides the backbone BatchNorm eps:
@@ -146,13 +104,15 @@ def _maskrcnn_resnet_fpn(depth: int, num_classes: int, *, fpn_channels: int = 25
 
 
 @register("maskrcnn_resnet50_fpn", task="instance", paper=PAPER)
+@options_of(maskrcnn_resnet_fpn)
 def maskrcnn_resnet50_fpn(num_classes: int, **options) -> MaskRCNN:
     """Mask R-CNN, ResNet-50-FPN (the paper's R-50-FPN; torchvision's ``maskrcnn_resnet50_fpn``)."""
-    return _maskrcnn_resnet_fpn(50, num_classes, **options)
+    return maskrcnn_resnet_fpn(50, num_classes, **options)
 
 
 @register("maskrcnn_resnet18_fpn", task="instance", paper=PAPER)
+@options_of(maskrcnn_resnet_fpn)
 def maskrcnn_resnet18_fpn(num_classes: int, **options) -> MaskRCNN:
     """Mask R-CNN, ResNet-18-FPN: the small configuration (e.g. ``fpn_channels=128, representation_size=256,
     mask_layers=(64, 64), anchor_sizes=(8, 16, 32, 64, 128)``) trains on a CPU."""
-    return _maskrcnn_resnet_fpn(18, num_classes, **options)
+    return maskrcnn_resnet_fpn(18, num_classes, **options)

@@ -10,9 +10,8 @@ from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image, remove_small_boxes
 
 from ...ops import batched_nms
-from .box_coder import BoxCoder
+from ..detection import BoxCoder, label_proposals, sample_balanced
 from .masks import class_masks, mask_loss
-from .matching import label_proposals, sample_balanced
 
 
 class TwoMLPHead(nn.Module):

@@ -1,5 +1,8 @@
-"""Region Proposal Network (Ren et al., arXiv:1506.01497 §3.1) shared over the FPN levels (FPN §4.1)."""
+"""Region Proposal Network (Ren et al., arXiv:1506.01497 §3.1) shared over the FPN levels (FPN §4.1), or on one
+named feature map (FCIS: conv4)."""
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -9,7 +12,8 @@ from torchvision.ops import box_iou, clip_boxes_to_image, remove_small_boxes
 from ...ops import batched_nms
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
-from .matching import BETWEEN_THRESHOLDS, match, sample_balanced
+from .matching import BETWEEN_THRESHOLDS, match
+from .sampling import sample_balanced
 
 
 class RPNHead(nn.Module):
@@ -128,3 +132,14 @@ class RegionProposalNetwork(nn.Module):
                                     reduction="sum") / sampled.numel()
         objectness_loss = F.binary_cross_entropy_with_logits(objectness.reshape(-1)[sampled], labels[sampled])
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
+
+
+class SingleMapRPN(RegionProposalNetwork):
+    """The RPN on one named map of the backbone's features (FCIS: conv4, §3.2), the others left to the heads."""
+
+    def __init__(self, feature: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.feature = feature
+
+    def forward(self, features: dict[str, Tensor], *args, **kwargs):
+        return super().forward(OrderedDict([(self.feature, features[self.feature])]), *args, **kwargs)

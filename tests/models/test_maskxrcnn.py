@@ -7,8 +7,8 @@ from seglab import models
 from seglab.io import safe_load as load_checkpoint
 from seglab.engine.config import TrainConfig
 from seglab.engine.train import Trainer, train
-from seglab.models.maskrcnn import MaskXPredictor, WeightTransfer, detection_weights
-from seglab.models.maskrcnn.roi_heads import FastRCNNPredictor
+from seglab.models.maskrcnn import FastRCNNPredictor
+from seglab.models.maskxrcnn import MaskXPredictor, WeightTransfer, detection_weights
 
 from test_maskrcnn import random_targets
 

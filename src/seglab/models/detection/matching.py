@@ -1,5 +1,5 @@
-"""Assigning ground truth to anchors / proposals by IoU, and sampling balanced mini-batches of them
-(Faster R-CNN §3.1.2 for the RPN, Fast R-CNN §2.3 for the RoI heads)."""
+"""Assigning ground truth to anchors / proposals by IoU (Faster R-CNN §3.1.2 for the RPN, Fast R-CNN §2.3 for
+the RoI heads); torchvision's ``Matcher``, detectron2's ``modeling/matcher.py``."""
 from __future__ import annotations
 
 import torch
@@ -28,30 +28,6 @@ def match(quality: Tensor, high: float, low: float, allow_low_quality_matches: b
         predictions = torch.where(quality == highest[:, None])[1]
         matches[predictions] = best[predictions]
     return matches
-
-
-def sample_balanced(labels: list[Tensor], batch_size_per_image: int, positive_fraction: float
-                    ) -> tuple[list[Tensor], list[Tensor]]:
-    """Per image, at most ``batch_size_per_image`` labels (K,) drawn at random: positives (label ≥ 1) up
-    to ``positive_fraction`` of the batch, negatives (label 0) filling the rest; −1 is ignored.
-
-    Returns boolean masks (K,) of the chosen positives and negatives per image. The draws (``randperm``
-    of the positives, then of the negatives, image by image) follow torchvision's, so a seeded run
-    samples what torchvision samples.
-    """
-    positives, negatives = [], []
-    for labels_in_image in labels:
-        positive = torch.where(labels_in_image >= 1)[0]
-        negative = torch.where(labels_in_image == 0)[0]
-        num_pos = min(positive.numel(), int(batch_size_per_image * positive_fraction))
-        num_neg = min(negative.numel(), batch_size_per_image - num_pos)
-        chosen = [positive[torch.randperm(positive.numel(), device=positive.device)[:num_pos]],
-                  negative[torch.randperm(negative.numel(), device=negative.device)[:num_neg]]]
-        for masks, indices in zip((positives, negatives), chosen):
-            mask = torch.zeros_like(labels_in_image, dtype=torch.bool)
-            mask[indices] = True
-            masks.append(mask)
-    return positives, negatives
 
 
 def label_proposals(proposals: list[Tensor], targets: list[dict[str, Tensor]], fg_iou_thresh: float,

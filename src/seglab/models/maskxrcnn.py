@@ -5,7 +5,7 @@ Mask R-CNN whose mask head does not learn its per-class weights: a class-agnosti
 row and/or its four box-regression rows), w_seg^c = τ(w_det^c; θ) (§3.1). Classes trained with boxes only
 (set B) therefore still get masks, through τ, while only set-A classes carry mask supervision (§3.2,
 ``mask_classes``). Optionally a class-agnostic MLP mask branch is added to the FCN's logits (the paper's
-"transfer + MLP", §3.4).
+"transfer + MLP", §3.4). Importing this module registers ``maskxrcnn_resnet50_fpn`` and ``maskxrcnn_resnet18_fpn``.
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import register
-from .model import MaskRCNN, _maskrcnn_resnet_fpn
-from .roi_heads import FastRCNNPredictor
+from .base import options_of
+from .maskrcnn.model import MaskRCNN, maskrcnn_resnet_fpn
+from .maskrcnn.roi_heads import FastRCNNPredictor
+from .registry import register
 
 PAPER = "Hu et al. — Learning to Segment Every Thing (arXiv:1711.10370)"
 
@@ -81,27 +82,30 @@ class MaskXPredictor(nn.Module):
         return logits
 
 
-def _maskxrcnn_resnet_fpn(depth: int, num_classes: int, *, transfer_input: str = "cls+box",
-                          transfer_hidden: int | None = None, stop_gradient: bool = True, mlp_branch: bool = False,
-                          representation_size: int = 1024, mask_layers=(256, 256, 256, 256), **options) -> MaskRCNN:
-    """Mask R-CNN (every ``maskrcnn`` option, e.g. ``mask_classes`` for partial supervision) with a
+@options_of(maskrcnn_resnet_fpn)
+def maskxrcnn_resnet_fpn(depth: int, num_classes: int, *, transfer_input: str = "cls+box",
+                         transfer_hidden: int | None = None, stop_gradient: bool = True, mlp_branch: bool = False,
+                         representation_size: int = 1024, mask_layers=(256, 256, 256, 256), **options) -> MaskRCNN:
+    """``maskrcnn_resnet_fpn`` (every option, e.g. ``mask_classes`` for partial supervision) with a
     ``MaskXPredictor``; ``transfer_hidden`` defaults to τ's input width."""
     if transfer_input not in TRANSFER_INPUTS:
         raise ValueError(f"transfer_input must be one of {TRANSFER_INPUTS}, got {transfer_input!r}")
     detection_dim = representation_size * {"cls": 1, "box": 4, "cls+box": 5}[transfer_input]
     predictor = MaskXPredictor(mask_layers[-1], mask_layers[-1], detection_dim, transfer_input=transfer_input,
                                transfer_hidden=transfer_hidden, stop_gradient=stop_gradient, mlp_branch=mlp_branch)
-    return _maskrcnn_resnet_fpn(depth, num_classes, representation_size=representation_size, mask_layers=mask_layers,
-                                mask_predictor=predictor, **options)
+    return maskrcnn_resnet_fpn(depth, num_classes, representation_size=representation_size, mask_layers=mask_layers,
+                               mask_predictor=predictor, **options)
 
 
 @register("maskxrcnn_resnet50_fpn", task="instance", paper=PAPER)
+@options_of(maskxrcnn_resnet_fpn)
 def maskxrcnn_resnet50_fpn(num_classes: int, **options) -> MaskRCNN:
     """Mask^X R-CNN, ResNet-50-FPN: masks for every class through the weight transfer τ."""
-    return _maskxrcnn_resnet_fpn(50, num_classes, **options)
+    return maskxrcnn_resnet_fpn(50, num_classes, **options)
 
 
 @register("maskxrcnn_resnet18_fpn", task="instance", paper=PAPER)
+@options_of(maskxrcnn_resnet_fpn)
 def maskxrcnn_resnet18_fpn(num_classes: int, **options) -> MaskRCNN:
     """Mask^X R-CNN, ResNet-18-FPN (small configurations as ``maskrcnn_resnet18_fpn``)."""
-    return _maskxrcnn_resnet_fpn(18, num_classes, **options)
+    return maskxrcnn_resnet_fpn(18, num_classes, **options)

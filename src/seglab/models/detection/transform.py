@@ -1,6 +1,6 @@
-"""Mask R-CNN's image transform (torchvision's ``GeneralizedRCNNTransform``): normalise, resize so the short
-side is ``min_size`` (the paper's 800) unless the long side would exceed ``max_size`` (1333), pad into one
-batch; and map the detections back to the original images."""
+"""The two-stage detectors' image transform (torchvision's ``GeneralizedRCNNTransform``): normalise, resize so
+the short side is ``min_size`` (Mask R-CNN's 800) unless the long side would exceed ``max_size`` (1333), pad
+into one batch; and map the detections back to the original images."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .masks import paste_masks_in_image
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def resize_boxes(boxes: Tensor, original_size: Sequence[int], new_size: Sequence[int]) -> Tensor:

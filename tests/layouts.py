@@ -1,10 +1,14 @@
-"""Writers of dataset files in their real formats (images, label PNGs, SBD .mat structs, split lists)."""
+"""Writers of dataset files in their real formats (images, label PNGs, SBD .mat structs, split lists), and
+the official Cityscapes evaluation's settings for them; shared by tests/data and tests/metrics."""
+import copy
+
 import numpy as np
+import pytest
 import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from seglab.viz import voc_palette
+from seglab.data.palette import voc_palette
 
 VOC_PALETTE = [channel for colour in voc_palette() for channel in colour]
 # Cityscapes label ids written in the ground truth: all of 0..33 except 31 (train) and 32 (motorcycle)
@@ -59,3 +63,14 @@ def write_voc_item(root, image_id, height, width, seed):
 def write_list(path, ids):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{i}\n" for i in ids))
+
+
+def official_args(tmp_path, results_dir):
+    """A copy of evalPixelLevelSemanticLabeling's settings: quiet, no instance scores (no instanceIds
+    files here), json written into tmp_path, predictions searched in ``results_dir``."""
+    official = pytest.importorskip("cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling")
+    args = copy.copy(official.args)
+    args.evalInstLevelScore, args.quiet = False, True
+    args.exportFile = str(tmp_path / "official" / "result.json")
+    args.predictionPath, args.predictionWalk = str(results_dir), None
+    return official, args

@@ -1,0 +1,242 @@
+"""The semantic task in the engine: training data and loss, evaluation (confusion-matrix metrics), pictures,
+the report and prediction on image files.
+
+``engine.semantic`` and ``engine.instance`` expose the same names (the task seam, ``engine.tasks``):
+``DEFAULT_METRIC``, ``REPORT_FILES``, ``PREDICTION_FILES``, ``model_options``, ``train_transforms``, ``collate``,
+``batch_groups``, ``loss_normalizer``, ``loss``, ``evaluate``, ``summary``, ``pictures``, ``write_report``,
+``predict_files``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from .. import data, report, viz
+from ..data import cityscapes
+from ..data.images import read_image
+from ..data.transforms import IGNORE_INDEX
+from ..metrics import SegmentationMetrics, format_table
+from ..metrics.semantic import image_miou
+from . import distributed
+from .inference import Size, crf_refine, infer_logits, inference_context, predict_labels
+
+DEFAULT_METRIC = "miou"
+REPORT_FILES = ("metrics.json", "per_class_iou.png", "overlays.png", "report.html")
+PREDICTION_FILES = "masks (<stem>.png) and overlays (<stem>_overlay.png)"
+FORMATS = ("palette", "cityscapes")
+
+
+def model_options(config, classes: Sequence[str]) -> dict:
+    """Model options that depend on the task and the data: none for semantic models."""
+    if config.mask_classes is not None:
+        raise ValueError("mask_classes (partial mask supervision) applies to instance models only")
+    return {}
+
+
+def train_transforms(config):
+    """Random scale, crop to ``crop_size`` (default ``image_size``) and flip; normalised float images."""
+    return data.train_transforms(config.crop_size or config.image_size, scale_range=config.scale_range,
+                                 hflip=config.hflip)
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(image (3,H,W) float, {"mask": (H,W)})] → images (N,3,H,W), masks (N,H,W) int64."""
+    images = torch.stack([image for image, _ in batch])
+    masks = torch.stack([target["mask"] for _, target in batch]).long()
+    return images, masks
+
+
+def batch_groups(dataset) -> None:
+    """Semantic batches mix any images (they are cropped to one size): no grouping."""
+    return None
+
+
+def loss_normalizer(micro_batches: list, device: torch.device) -> torch.Tensor:
+    """The labelled pixels of the global batch (all micro-batches, all processes) over the world size: summed
+    per-pixel losses divided by it give the mean over the global batch once DDP averages the gradients."""
+    valid = sum((masks != IGNORE_INDEX).sum() for _, masks in micro_batches).to(device, torch.float64)
+    return (distributed.all_reduce_sum(valid).clamp_min(1) / distributed.world_size()).float()
+
+
+def cross_entropy(outputs: dict, masks: torch.Tensor, aux_weight: float = 0.4,
+                  normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Pixel-wise cross-entropy ignoring label 255, plus ``aux_weight`` × the auxiliary head's loss:
+    the per-pixel losses summed and divided by ``normalizer`` (default: this batch's labelled pixels,
+    i.e. the mean; data parallelism and accumulation pass the count over all their batches)."""
+    if normalizer is None:
+        normalizer = (masks != IGNORE_INDEX).sum().clamp_min(1)
+
+    def summed(logits):
+        return F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
+
+    total = summed(outputs["out"])
+    if "aux" in outputs:
+        total = total + aux_weight * summed(outputs["aux"])
+    return total / normalizer
+
+
+def loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device,
+         normalizer: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """:func:`cross_entropy` of ``model`` on one micro-batch (images (N,3,H,W), masks (N,H,W))."""
+    images = images.to(device, memory_format=memory_format, non_blocking=True)
+    return cross_entropy(model(images), masks.to(device, non_blocking=True), normalizer=normalizer)
+
+
+def _same_size_groups(items: list) -> list[list]:
+    """Split a batch of (image, target) items into runs of equal image size (so they can be stacked)."""
+    groups: list[list] = []
+    for item in items:
+        if groups and groups[-1][0][0].shape == item[0].shape:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _best_and_worst(ranked: list, count: int) -> list:
+    """The ``count // 2`` best and the other ``count - count // 2`` worst of (…, iou) tuples, best first."""
+    ranked.sort(key=lambda item: -item[-1])
+    return ranked if len(ranked) <= count else ranked[: count // 2] + ranked[len(ranked) - (count - count // 2):]
+
+
+def evaluate(model: nn.Module, dataset: Dataset, meta: dict, *, progress: bool = True, num_visuals: int = 8,
+             batch_size: int | None = None, num_workers: int = 0, crop: Size | None = None,
+             stride: Size | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
+             crf: dict | None = None):
+    """Metrics of ``model`` over ``dataset`` (items as uint8 images, no transforms applied); ``meta`` gives
+    ``num_classes`` and the normalisation ``mean``/``std``. ``batch_size`` images per forward pass (default 8).
+
+    ``crop``, ``stride``, ``scales`` and ``flip`` choose the inference mode (see ``infer_logits``);
+    the default is whole-image inference. ``crf``: ``dense_crf`` keywords to refine each prediction.
+
+    Returns ``(result, visuals)``: the ``SegmentationMetrics.compute()`` dict plus ``"confusion"`` (the
+    (C, C) pixel counts as lists, rows = target) and, with ``crf``, ``"without_crf"``: the same for the
+    unrefined predictions; ``visuals``: tuples ``(image uint8 (3,H,W), target (H,W), prediction (H,W),
+    image mIoU)`` of the ``num_visuals // 2`` best and the other worst images by ``image_miou``, best first.
+    Under torchrun each process evaluates its own shard (and keeps its own visuals) and the confusion
+    matrices are summed over the processes.
+    """
+    num_classes = meta["num_classes"]
+    metrics = SegmentationMetrics(num_classes)
+    plain = SegmentationMetrics(num_classes) if crf is not None else None
+    visuals = []
+    shard = Subset(dataset, distributed.shard_indices(len(dataset)))
+    loader = DataLoader(shard, batch_size=batch_size or 8, num_workers=num_workers, collate_fn=list)
+    with inference_context(model):
+        for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
+            for group in _same_size_groups(batch):
+                images = torch.stack([image for image, _ in group])
+                targets = torch.stack([target["mask"] for _, target in group])
+                logits = infer_logits(model, images, meta["mean"], meta["std"], crop=crop, stride=stride,
+                                      scales=scales, flip=flip)
+                if plain is not None:
+                    plain.update(logits.argmax(1).cpu(), targets)
+                    logits = crf_refine(images, logits, crf)
+                preds = logits.argmax(1).cpu()
+                metrics.update(preds, targets)
+                for image, target, pred in zip(images, targets, preds):
+                    iou = image_miou(pred, target, num_classes)
+                    if not math.isnan(iou):
+                        visuals.append((image, target, pred, iou))
+            visuals = _best_and_worst(visuals, num_visuals)
+    result = _with_confusion(metrics)
+    if plain is not None:
+        result["without_crf"] = _with_confusion(plain)
+    return result, visuals
+
+
+def _with_confusion(metrics: SegmentationMetrics) -> dict:
+    """``metrics.compute()`` (which sums the confusion matrices of all processes) plus ``"confusion"``."""
+    return metrics.compute() | {"confusion": metrics.confusion.tolist()}
+
+
+def summary(result: dict) -> dict[str, float]:
+    """The scalar metrics of :func:`evaluate`'s result, for logs and ``best_metric``."""
+    return {key: result[key] for key in report.SEMANTIC_METRICS}
+
+
+def pictures(visuals, meta: dict) -> list[list[Image.Image]]:
+    """[input, ground truth overlay, prediction overlay] PIL images of each of :func:`evaluate`'s visuals."""
+    palette = meta["palette"]
+    return [[viz.overlay(image, torch.full_like(target, 255), palette), viz.overlay(image, target, palette),
+             viz.overlay(image, pred, palette)] for image, target, pred, _ in visuals]
+
+
+def write_report(result: dict, visuals, meta: dict, out_dir: str | Path, *, config: dict | None = None,
+                 run_dir: str | Path | None = None) -> str:
+    """Write ``metrics.json`` (the four summary metrics and per-class IoU, also without the CRF when
+    ``result`` has both), ``per_class_iou.png``, ``overlays.png`` (rows: input | ground truth | prediction,
+    best images first) and ``report.html`` (``seglab.report``: ``config`` is the run's, training curves
+    from ``run_dir``) to ``out_dir``; return the Markdown table (and the mIoU without the CRF)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = meta["classes"]
+
+    def scores(values: dict) -> dict:
+        return {k: values[k] for k in report.SEMANTIC_METRICS} | {"iou": dict(zip(classes, values["iou"]))}
+
+    extra = {"without_crf": scores(result["without_crf"])} if "without_crf" in result else {}
+    (out / "metrics.json").write_text(json.dumps(scores(result) | extra, indent=2))
+    viz.plot_per_class_iou(result["iou"], classes, out / "per_class_iou.png")
+    rows = pictures(visuals, meta)
+    if rows:
+        viz.grid(rows, titles=list(report.SEMANTIC_COLUMNS)).save(out / "overlays.png")
+    ranked = [(f"mIoU {100 * iou:.1f}%", row) for row, (*_, iou) in zip(rows, visuals)]
+    report.semantic_report(out, result, classes, ranked, config=config, run_dir=run_dir)
+    table = format_table(result, classes)
+    if extra:
+        table += f"\nwithout the CRF: mIoU {100 * result['without_crf']['miou']:.2f}"
+    return table
+
+
+def _cityscapes_names(meta: dict, paths: list) -> list[str]:
+    """``cityscapes.result_name`` of every path, after checking that the model predicts the 19 train ids."""
+    if meta["num_classes"] != len(cityscapes.CLASSES):
+        raise ValueError(f"format 'cityscapes' needs a model of the {len(cityscapes.CLASSES)} Cityscapes train ids, "
+                         f"this one has {meta['num_classes']} classes")
+    return [cityscapes.result_name(path) for path in paths]
+
+
+def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | Path, *, crop: Size | None = None,
+                  stride: Size | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  crf: dict | None = None, fmt: str = "palette", score_threshold: float | None = None) -> list[Path]:
+    """For each image: ``<stem>.png`` (palette PNG of class ids) and ``<stem>_overlay.png`` in ``out_dir``;
+    with ``fmt="cityscapes"`` also ``out_dir/labelIds/<city>_<seq>_<frame>_labelIds.png``, the train ids
+    mapped to Cityscapes label ids, named as ``evalPixelLevelSemanticLabeling`` expects (point its
+    ``CITYSCAPES_RESULTS`` at ``out_dir/labelIds``; the images must have Cityscapes names).
+
+    ``model.meta`` (from ``seglab.models.load``) supplies mean/std and the palette. ``crop``, ``stride``,
+    ``scales`` and ``flip`` choose the inference mode (see ``infer_logits``); default: whole image.
+    ``crf``: ``seglab.crf.dense_crf`` keywords to refine each prediction with the dense CRF.
+    ``score_threshold`` is the instance models' option: an error here.
+    """
+    if score_threshold is not None:
+        raise ValueError("a score threshold applies to instance models only")
+    if fmt not in FORMATS:
+        raise ValueError(f"prediction format must be one of {FORMATS}, got {fmt!r}")
+    paths = list(paths)
+    meta = model.meta
+    result_names = _cityscapes_names(meta, paths) if fmt == "cityscapes" else None
+    out = Path(out_dir)
+    (out / "labelIds" if result_names else out).mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, path in enumerate(tqdm(paths, desc="predict", unit="img")):
+        image = read_image(path)
+        pred = predict_labels(model, image[None], meta["mean"], meta["std"], crop=crop, stride=stride,
+                              scales=scales, flip=flip, crf=crf)[0].cpu()
+        stem = Path(path).stem
+        viz.colorize(pred, meta["palette"]).save(out / f"{stem}.png")
+        viz.overlay(image, pred, meta["palette"]).save(out / f"{stem}_overlay.png")
+        if result_names:
+            Image.fromarray(cityscapes.label_ids(pred.numpy())).save(out / "labelIds" / result_names[index])
+        written.append(out / f"{stem}.png")
+    return written
