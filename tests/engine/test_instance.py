@@ -49,3 +49,12 @@ def test_instance_loss_trains_a_detection_model_on_augmented_shapes():
     total = loss(model.train(), images, targets, torch.device("cpu"))
     assert torch.isfinite(total)
     total.backward()
+
+
+def test_collate_keeps_images_apart_and_cuts_targets_to_what_the_model_reads():
+    dataset = Shapes("train", 3, image_size=40)
+    images, targets = collate([dataset[0], dataset[1]])
+    assert isinstance(images, list) and isinstance(targets, list) and len(images) == len(targets) == 2
+    for image, target in zip(images, targets):
+        assert set(target) == {"boxes", "labels", "masks"} and target["masks"].shape[-2:] == image.shape[-2:]
+    assert collate([]) == ([], [])

@@ -137,3 +137,9 @@ def test_a_ground_truth_box_of_zero_area_is_a_clear_error(name, options):
               "masks": torch.zeros(1, 64, 64, dtype=torch.uint8)}
     with pytest.raises(ValueError, match="no positive width and height"):
         model([torch.rand(3, 64, 64)], [target])
+
+
+def test_the_old_maskrcnn_names_are_aliases_for_one_release():
+    from seglab.models import maskrcnn as old
+    assert old.MaskXPredictor is MaskXPredictor and old.detection_weights is detection_weights
+    assert old.maskxrcnn_resnet50_fpn is models.entry("maskxrcnn_resnet50_fpn").builder

@@ -6,9 +6,10 @@ from pathlib import Path
 from torch import nn
 
 from ..io import resolve_checkpoint, safe_load
-from . import deeplab, dilation, fcis, fcn, gcn, maskrcnn  # noqa: F401  (registering the models)
+from . import deeplab, dilation, fcis, fcn, gcn, maskrcnn, maskxrcnn  # noqa: F401  (registering the models)
 from .base import load_state
-from .registry import count_parameters, create, default_num_classes, entry, model_meta, names, register, task_of
+from .registry import (count_parameters, create, default_num_classes, describe, entry, model_meta, names, register,
+                       task_of)
 
 
 def load(path: str | Path, device: str = "cpu", **options) -> nn.Module:
@@ -32,4 +33,4 @@ def from_checkpoint(checkpoint: dict, source: str | Path, device: str = "cpu", *
 
 
 __all__ = ["create", "names", "load", "from_checkpoint", "register", "entry", "count_parameters", "model_meta",
-           "task_of", "default_num_classes"]
+           "task_of", "default_num_classes", "describe"]

@@ -104,3 +104,15 @@ def count_parameters(name: str, num_classes: int = 21, **options) -> int:
     with torch.device("meta"):
         model = create(name, num_classes, **options)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def describe(name: str) -> str:
+    """What ``seglab models NAME`` prints: the builder's summary, paper, task, parameter count (at the default
+    classes) and every option with its default, read from the builder's signature."""
+    model = entry(name)
+    num_classes = default_num_classes(name)
+    summary = (inspect.getdoc(model.builder) or "").split("\n\n")[0].replace("\n", " ")
+    lines = [f"{name}: {summary}", f"paper: {model.paper}", f"task: {model.task}",
+             f"parameters ({num_classes} classes): {count_parameters(name, num_classes):,}", "options (default):"]
+    lines += [f"  {key} = {value!r}" for key, value in options(name).items()]
+    return "\n".join(lines)

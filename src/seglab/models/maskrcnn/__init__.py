@@ -7,7 +7,7 @@ from .roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 
 # Deprecated aliases, for one release: Mask^X R-CNN moved to seglab.models.maskxrcnn (importing it here also
 # registers its builders).
-from ..maskxrcnn import (MaskXPredictor, WeightTransfer, detection_weights,  # noqa: E402
+from ..maskxrcnn import (MaskXPredictor, WeightTransfer, detection_weights,
                          maskxrcnn_resnet18_fpn, maskxrcnn_resnet50_fpn)
 
 __all__ = ["MaskRCNNHeads", "MaskRCNNPredictor", "class_masks", "mask_loss", "MaskRCNN", "maskrcnn",
