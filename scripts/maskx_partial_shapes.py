@@ -24,8 +24,8 @@ import seglab
 from seglab.engine.config import load_config
 from seglab.engine import instance
 from seglab.engine.train import train
-from seglab.models.maskrcnn.masks import class_masks, paste_masks_in_image
-from seglab.models.maskrcnn.transform import resize_boxes
+from seglab.models.detection import paste_masks_in_image, resize_boxes
+from seglab.models.maskrcnn import class_masks
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_resnet18_fpn_shapes.yaml"
 SET_A, SET_B = ["circle", "square"], ["triangle", "star"]

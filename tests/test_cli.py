@@ -10,6 +10,7 @@ from PIL import Image
 from seglab.data import Shapes
 from seglab.engine.config import TrainConfig
 from seglab.engine.train import train
+from seglab.models import options
 
 
 def seglab(*args, cwd=None, check=True):
@@ -75,6 +76,27 @@ def test_export_shapes_then_data_check_and_bad_label_is_named(tmp_path):
 def test_models_lists_the_fcn_family_with_parameter_counts():
     out = seglab("models").stdout
     assert "| fcn8s_vgg16 | semantic | 134,376,863 |" in out
+
+
+def test_models_name_describes_the_model_from_its_builder_signature():
+    out = seglab("models", "deeplabv3_resnet50").stdout
+    assert "task: semantic" in out and "parameters (21 classes): 39,638,869" in out and "arXiv:1706.05587" in out
+    for option, default in options("deeplabv3_resnet50").items():
+        assert f"  {option} = {default!r}" in out
+    result = seglab("models", "fcn9s_vgg16", check=False)
+    assert result.returncode == 1 and "unknown model 'fcn9s_vgg16'" in result.stderr
+
+
+def test_every_flag_says_what_it_does():
+    from seglab.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    parsers = [parser for name, parser in commands.items() if name != "data"]
+    parsers += list(commands["data"]._subparsers._group_actions[0].choices.values())
+    for parser in parsers:
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and "default: None" not in action.help, (parser.prog, action.option_strings)
 
 
 @pytest.mark.parametrize("argv", [["train", "--optimizer", "adam", "--iters", "1"]])

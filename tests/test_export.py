@@ -270,3 +270,10 @@ def test_predict_onnx_refuses_a_file_that_is_not_onnx(tmp_path, capsys):
     error = _fails(capsys, "predict", "--onnx", tmp_path / "model.onnx", _image(tmp_path / "a.png", 32, 32),
                    "--out", tmp_path / "out")
     assert "onnxruntime cannot load" in error and "model.onnx" in error
+
+
+def test_fcis_is_refused_with_the_reason(tmp_path):
+    model = seglab.models.create("fcis_resnet50", 5, width_mult=0.0625, reduce_channels=16)
+    with pytest.raises(ValueError, match=r"FCIS does not export to ONNX: its inference splits the detections"):
+        to_onnx(model, tmp_path / "fcis.onnx", height=64, width=64)
+    assert not (tmp_path / "fcis.onnx").exists()

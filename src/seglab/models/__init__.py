@@ -8,8 +8,8 @@ from torch import nn
 from ..io import resolve_checkpoint, safe_load
 from . import deeplab, dilation, fcis, fcn, gcn, maskrcnn, maskxrcnn  # noqa: F401  (registering the models)
 from .base import load_state
-from .registry import (count_parameters, create, default_num_classes, describe, entry, model_meta, names, register,
-                       task_of)
+from .registry import (count_parameters, create, default_num_classes, describe, entry, model_meta, names, options,
+                       register, task_of)
 
 
 def load(path: str | Path, device: str = "cpu", **options) -> nn.Module:
@@ -33,4 +33,4 @@ def from_checkpoint(checkpoint: dict, source: str | Path, device: str = "cpu", *
 
 
 __all__ = ["create", "names", "load", "from_checkpoint", "register", "entry", "count_parameters", "model_meta",
-           "task_of", "default_num_classes", "describe"]
+           "task_of", "default_num_classes", "describe", "options"]

@@ -23,6 +23,10 @@ class FCIS(GeneralizedRCNN):
     conv5 at stride 16), the RPN on conv4 (:class:`SingleMapRPN`) and the position-sensitive heads on conv5
     (:class:`FCISRoIHeads`)."""
 
+    # seglab.export refuses it with this reason
+    onnx_unsupported = ("its inference splits the detections by Python counts (len()), which a trace would freeze; "
+                        "semantic models and Mask R-CNN (maskrcnn_*, maskxrcnn_*) export")
+
 
 def fcis(backbone: ResNet, num_classes: int, *, min_size: int | Sequence[int] = 600, max_size: int = 1000,
          image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD,
