@@ -229,14 +229,15 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
     out = Path(out_dir)
     (out / "labelIds" if result_names else out).mkdir(parents=True, exist_ok=True)
     written = []
-    for index, path in enumerate(tqdm(paths, desc="predict", unit="img")):
-        image = read_image(path)
-        pred = predict_labels(model, image[None], meta["mean"], meta["std"], crop=crop, stride=stride,
-                              scales=scales, flip=flip, crf=crf)[0].cpu()
-        stem = Path(path).stem
-        viz.colorize(pred, meta["palette"]).save(out / f"{stem}.png")
-        viz.overlay(image, pred, meta["palette"]).save(out / f"{stem}_overlay.png")
-        if result_names:
-            Image.fromarray(cityscapes.label_ids(pred.numpy())).save(out / "labelIds" / result_names[index])
-        written.append(out / f"{stem}.png")
+    with inference_context(model):
+        for index, path in enumerate(tqdm(paths, desc="predict", unit="img")):
+            image = read_image(path)
+            pred = predict_labels(model, image[None], meta["mean"], meta["std"], crop=crop, stride=stride,
+                                  scales=scales, flip=flip, crf=crf)[0].cpu()
+            stem = Path(path).stem
+            viz.colorize(pred, meta["palette"]).save(out / f"{stem}.png")
+            viz.overlay(image, pred, meta["palette"]).save(out / f"{stem}_overlay.png")
+            if result_names:
+                Image.fromarray(cityscapes.label_ids(pred.numpy())).save(out / "labelIds" / result_names[index])
+            written.append(out / f"{stem}.png")
     return written

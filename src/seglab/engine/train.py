@@ -1,8 +1,9 @@
 """The training loop: data → model → loss → optimiser step, with validation, best/last checkpoints,
 exact resume, gradient accumulation, mixed precision, a stop (or skip) on a non-finite loss or gradient,
-and a clean stop with a checkpoint on SIGINT/SIGTERM. Semantic models train with cross-entropy (ignore
-255) and validate by mIoU; instance models (torchvision's detection I/O) train on their own loss dict and
-validate by COCO mask AP (``engine.instance``).
+and a clean stop with a checkpoint on SIGINT/SIGTERM. What differs between tasks comes from the model's task
+module (``engine.tasks``): semantic models train with cross-entropy (ignore 255) and validate by mIoU
+(``engine.semantic``); instance models (torchvision's detection I/O) train on their own loss dict and validate
+by COCO mask AP (``engine.instance``).
 
 Under torchrun the same loop runs data-parallel (``engine.distributed``): DistributedDataParallel, each
 process a slice of every global batch, the cross-entropy normalised by the global count of labelled
