@@ -277,3 +277,115 @@ def test_fcis_is_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match=r"FCIS does not export to ONNX: its inference splits the detections"):
         to_onnx(model, tmp_path / "fcis.onnx", height=64, width=64)
     assert not (tmp_path / "fcis.onnx").exists()
+
+
+FCN_SMALL = dict(width_mult=0.0625, padding="same")
+
+
+def _state_dicts_equal(got: dict, expected: dict) -> bool:
+    return got.keys() == expected.keys() and all(torch.equal(got[key], expected[key]) for key in expected)
+
+
+@pytest.fixture(scope="module")
+def safetensors_export(tmp_path_factory):
+    """(model, path) of a small FCN-8s with random scores, written by `seglab export --weights W.pt --out F.safetensors`."""
+    folder = tmp_path_factory.mktemp("safetensors")
+    model = well_scaled(seglab.models.create("fcn8s_vgg16", 5, **FCN_SMALL))  # Shapes' 5 classes, for eval
+    torch.save(model.state_dict(), folder / "weights.pt")
+    capture = io.StringIO()
+    with contextlib.redirect_stdout(capture):
+        main(["export", "--model", "fcn8s_vgg16", "--num-classes", "5", "--model-option", "width_mult=0.0625",
+              "--model-option", "padding=same", "--weights", str(folder / "weights.pt"),
+              "--out", str(folder / "fcn8s.safetensors")])
+    assert f"wrote {folder / 'fcn8s.safetensors'}" in capture.getvalue()
+    return model, folder / "fcn8s.safetensors"
+
+
+def test_export_to_safetensors_loads_back_the_same_weights_logits_and_meta(safetensors_export):
+    model, path = safetensors_export
+    loaded = seglab.models.load(path)
+    assert loaded.meta == model.meta and loaded.meta["options"] == FCN_SMALL
+    assert _state_dicts_equal(loaded.state_dict(), model.state_dict())
+    images = torch.randn(2, 3, 45, 61, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected, got = model(images)["out"], loaded(images)["out"]
+    assert float(expected.abs().max()) > 0.1 and torch.equal(got, expected)
+    assert not any(path.parent.glob("*.tmp"))
+
+
+def test_export_from_a_safetensors_checkpoint_writes_the_same_weights_and_meta_again(safetensors_export, tmp_path):
+    _, path = safetensors_export
+    main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "again.safetensors")])
+    again, first = seglab.io.safe_load(tmp_path / "again.safetensors"), seglab.io.safe_load(path)
+    assert again["meta"] == first["meta"] and _state_dicts_equal(again["model"], first["model"])
+    assert (tmp_path / "again.safetensors").read_bytes() == path.read_bytes()  # reproducible, byte for byte
+
+
+def test_predict_and_eval_take_a_safetensors_checkpoint(safetensors_export, tmp_path):
+    model, path = safetensors_export
+    seglab.io.save_checkpoint({"model": model.state_dict(), "meta": model.meta}, tmp_path / "same.pt")
+    image = _image(tmp_path / "photo.png", 37, 52, seed=4)
+    for checkpoint, out in ((path, "safetensors"), (tmp_path / "same.pt", "pt")):
+        main(["predict", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / out)])
+    for name in ["photo.png", "photo_overlay.png"]:
+        expected, got = (np.asarray(Image.open(tmp_path / side / name)) for side in ("pt", "safetensors"))
+        assert np.array_equal(got, expected), name
+    main(["eval", "--checkpoint", str(path), "--data", "shapes", "--num-images", "2", "--image-size", "48",
+          "--out", str(tmp_path / "eval")])
+    assert "miou" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+def test_maskrcnn_round_trips_through_safetensors_with_the_same_detections(tmp_path):
+    torch.manual_seed(0)
+    options = dict(fpn_channels=32, representation_size=64, mask_layers=[16], min_size=64, max_size=64,
+                   box_score_thresh=0.0)
+    model = seglab.models.create("maskrcnn_resnet18_fpn", 5, **options).eval()
+    path = seglab.export.to_safetensors(model, tmp_path / "maskrcnn.safetensors")
+    loaded = seglab.models.load(path)
+    assert loaded.meta == model.meta and loaded.meta["task"] == "instance"
+    assert _state_dicts_equal(loaded.state_dict(), model.state_dict())
+    image = torch.rand(3, 61, 83, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected, got = model([image])[0], loaded([image])[0]
+    assert len(expected["boxes"]) > 0 and expected.keys() == got.keys()
+    assert all(torch.equal(got[key], expected[key]) for key in expected)
+
+
+def test_a_plain_safetensors_state_dict_loads_as_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    model = well_scaled(seglab.models.create("deeplabv1_vgg16", 3, width_mult=0.0625))
+    save_file(model.state_dict(), tmp_path / "plain.safetensors")  # another tool's file: tensors, no seglab meta
+    created = seglab.models.create("deeplabv1_vgg16", 3, width_mult=0.0625, weights=str(tmp_path / "plain.safetensors"))
+    assert _state_dicts_equal(created.state_dict(), model.state_dict())
+    main(["export", "--model", "deeplabv1_vgg16", "--num-classes", "3", "--model-option", "width_mult=0.0625",
+          "--weights", str(tmp_path / "plain.safetensors"), "--out", str(tmp_path / "with_meta.safetensors")])
+    assert _state_dicts_equal(seglab.models.load(tmp_path / "with_meta.safetensors").state_dict(), model.state_dict())
+
+
+def test_backbone_weights_load_from_a_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    save_file(state, tmp_path / "resnet18.safetensors")
+    model = seglab.models.create("maskrcnn_resnet18_fpn", 5, fpn_channels=32, representation_size=64, mask_layers=[16],
+                                 weights_backbone=str(tmp_path / "resnet18.safetensors"))
+    assert torch.equal(model.backbone.body.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+
+
+def test_predict_with_a_file_that_is_not_safetensors_fails_naming_it(tmp_path, capsys):
+    torch.save({"w": torch.ones(2)}, tmp_path / "pickled.safetensors")
+    error = _fails(capsys, "predict", "--checkpoint", tmp_path / "pickled.safetensors",
+                   _image(tmp_path / "a.png", 32, 32), "--out", tmp_path / "out")
+    assert f"cannot read {tmp_path / 'pickled.safetensors'} as a safetensors file" in error
+
+
+def test_export_to_an_unknown_extension_fails_naming_it_and_the_accepted_ones(tmp_path, capsys):
+    error = _fails(capsys, "export", "--model", "fcn8s_vgg16", "--out", tmp_path / "model.pt")
+    assert "unknown extension '.pt'" in error and ".onnx" in error and ".safetensors" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_to_safetensors_needs_the_models_meta(tmp_path):
+    with pytest.raises(ValueError, match="to_safetensors needs the model's meta"):
+        seglab.export.to_safetensors(torch.nn.Conv2d(3, 2, 1), tmp_path / "conv.safetensors")

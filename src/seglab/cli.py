@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 import types
 import typing
@@ -108,15 +109,21 @@ def _setup_options(args) -> dict:
 
 
 def _load_model(args):
-    """The model of ``--checkpoint`` or ``--onnx`` (onnxruntime), with its ``.meta``."""
-    if args.onnx:
+    """The model of ``--checkpoint``, ``--onnx`` (onnxruntime) or ``--model NAME [--weights ...]``, with its
+    ``.meta``."""
+    from . import models
+
+    if args.model is None and (args.weights or args.num_classes):
+        raise ValueError("--weights and --num-classes go with --model NAME (a checkpoint brings its own)")
+    if args.model:
+        model = models.create(args.model, args.num_classes, weights=args.weights, **_model_options(args))
+        return model.to(args.device).eval()
+    if getattr(args, "onnx", None):
         from .export import OnnxModel
 
         if args.model_options:
             raise ValueError("--model-option applies to --checkpoint: an ONNX file's options were fixed at export")
         return OnnxModel(args.onnx)
-    from . import models
-
     return models.load(args.checkpoint, device=args.device, **_model_options(args))
 
 
@@ -135,9 +142,12 @@ def cmd_demo(args) -> None:
 def cmd_eval(args) -> None:
     from .engine.evaluate import evaluate_checkpoint
 
-    print(evaluate_checkpoint(args.checkpoint, args.out, inference={"batch_size": args.batch_size,
-                                                                    **_inference_options(args)},
-                              **_setup_options(args)))
+    setup = _setup_options(args)
+    source = _load_model(args) if args.model else args.checkpoint
+    if args.model:
+        del setup["model_options"]  # used to build the model
+    print(evaluate_checkpoint(source, args.out, inference={"batch_size": args.batch_size, **_inference_options(args)},
+                              **setup))
 
 
 def cmd_crf_tune(args) -> None:
@@ -152,15 +162,19 @@ def cmd_crf_tune(args) -> None:
 def cmd_predict(args) -> None:
     from .engine.predict import predict
 
-    print(predict(_load_model(args), args.images, Path(args.out), fmt=args.format,
+    print(predict(_load_model(args), args.images, Path(args.out), fmt=args.format, resize_short=args.resize_short,
                   score_threshold=args.score_threshold, **_inference_options(args)))
 
 
 def cmd_export(args) -> None:
     from . import models
-    from .export import to_onnx
+    from .export import to_onnx, to_safetensors
     from .io import writable_dir
 
+    suffix = Path(args.out).suffix
+    if suffix not in (".onnx", ".safetensors"):
+        raise ValueError(f"--out {args.out}: unknown extension {suffix or '(none)'!r}; export writes .onnx (ONNX, run "
+                         f"by onnxruntime) or .safetensors (the PyTorch weights with the model's meta)")
     if args.checkpoint:
         if args.model or args.weights or args.num_classes:
             raise ValueError("--checkpoint brings the model, its weights and classes: drop --model, --weights and "
@@ -172,6 +186,9 @@ def cmd_export(args) -> None:
     else:
         raise ValueError("export needs --model NAME or --checkpoint RUN_DIR|FILE.pt")
     writable_dir(Path(args.out).parent)
+    if suffix == ".safetensors":
+        print(f"wrote {to_safetensors(model, args.out)} (weights and meta; seglab.models.load or --checkpoint read it)")
+        return
     print(to_onnx(model, args.out, args.height, args.width, dynamic=not args.static, opset=args.opset))
 
 
@@ -217,9 +234,31 @@ def _add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
 
 
-def _add_checkpoint_data_flags(parser: argparse.ArgumentParser, num_images: int | None, num_images_help: str) -> None:
-    """The model and data flags of ``eval`` and ``crf-tune``: a checkpoint scored on a dataset split."""
-    parser.add_argument("--checkpoint", required=True, help="run directory (its best.pt, else last.pt) or .pt file")
+def _add_model_source_flags(parser: argparse.ArgumentParser, onnx: bool) -> None:
+    """Where the model comes from: ``--checkpoint``, ``--onnx`` (where ``onnx``) or ``--model NAME`` with
+    ``--weights`` / ``--num-classes``; exactly one of them."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="run directory (its best.pt, else last.pt) or .pt file")
+    if onnx:
+        source.add_argument("--onnx", help="a file written by `seglab export`, run by onnxruntime (no checkpoint "
+                                           "needed)")
+    source.add_argument("--model", help="a registered model built by name (seglab models NAME lists its weights)")
+    parser.add_argument("--weights", help="with --model: torchvision's trained weights by name (DEFAULT, "
+                                          "COCO_WITH_VOC_LABELS_V1, COCO_V1; downloaded once into torch's hub cache) "
+                                          "or a weights file")
+    parser.add_argument("--num-classes", type=int, help="with --model: classes including the background (default: "
+                                                        "the weights', else 21, instance models 91)")
+
+
+def _add_checkpoint_data_flags(parser: argparse.ArgumentParser, num_images: int | None, num_images_help: str,
+                               source: bool = False) -> None:
+    """The model and data flags of ``eval`` and ``crf-tune``: a model (``source``: any of
+    ``_add_model_source_flags``; else a checkpoint) scored on a dataset split."""
+    if source:
+        _add_model_source_flags(parser, onnx=False)
+    else:
+        parser.add_argument("--checkpoint", required=True, help="run directory (its best.pt, else last.pt) or .pt "
+                                                                "file")
     parser.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
     parser.add_argument("--data-root", help="the dataset's folder (default: the one the checkpoint was trained on)")
     parser.add_argument("--split", default="val", help="split scored (default: val)")
@@ -263,24 +302,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint on a dataset split")
-    _add_checkpoint_data_flags(evaluate, None, "Shapes images in the split (default: the training run's)")
+    _add_checkpoint_data_flags(evaluate, None, "Shapes images in the split (default: the training run's)", source=True)
     evaluate.add_argument("--batch-size", type=int,
                           help="semantic models: images per forward pass (default: 8)")
-    evaluate.add_argument("--out", help="output directory (default: RUN_DIR/eval)")
+    evaluate.add_argument("--out", help="output directory (default: RUN_DIR/eval; needed with --model)")
     _add_inference_flags(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     predict = commands.add_parser("predict", help="predict masks and overlays for image files")
     predict.add_argument("images", nargs="+", help="image files")
-    source = predict.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="run directory (its best.pt, else last.pt) or .pt file")
-    source.add_argument("--onnx", help="a file written by `seglab export`, run by onnxruntime (no checkpoint needed)")
+    _add_model_source_flags(predict, onnx=True)
     predict.add_argument("--out", required=True, help="output directory")
     _add_device_flag(predict)
     _add_model_option_flag(predict, "override a saved model option where the weights allow, e.g. output_stride=8; "
                                     "repeatable")
     predict.add_argument("--score-threshold", type=float,
                          help="instance models: the lowest score of a detection drawn and listed (default: 0.5)")
+    predict.add_argument("--resize-short", type=int, metavar="PIXELS",
+                         help="semantic models: run on the image resized to this short side, as torchvision's "
+                              "weights' transforms do (520), masks at the image's size (default: its own size)")
     predict.add_argument("--format", default="palette", choices=["palette", "cityscapes"],
                          help="semantic models; cityscapes: also OUT/labelIds/<city>_<seq>_<frame>_labelIds.png for "
                               "the official evaluation (models of the 19 train ids) (default: palette)")
@@ -307,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_cmd.add_argument("--checkpoint", help="run directory or .pt file: model, weights, classes, mean/std")
     export_cmd.add_argument("--num-classes", type=int, help="with --model (default: 21, instance models 91)")
     _add_model_option_flag(export_cmd, "a model option (value parsed as YAML), e.g. width_mult=0.25; repeatable")
-    export_cmd.add_argument("--out", required=True, help="the .onnx file")
+    export_cmd.add_argument("--out", required=True,
+                            help="the file; its extension picks the format: .onnx (ONNX, checked in onnxruntime) or "
+                                 ".safetensors (the weights with the model's meta, for --checkpoint)")
     export_cmd.add_argument("--height", type=int, default=512,
                             help="example input height in pixels, fixed with --static (default: 512)")
     export_cmd.add_argument("--width", type=int, default=512,
@@ -344,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's "seglab" log lines
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:

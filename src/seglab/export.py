@@ -18,6 +18,9 @@ What is exported, and by which of PyTorch's two exporters:
 
 The file's ``metadata_props`` carry the checkpoint's metadata (model name and options, task, class names,
 palette, mean/std, the input's layout), each value a JSON string, so that ``OnnxModel`` needs nothing else.
+
+``to_safetensors`` writes the PyTorch weights instead (every model, any input size), with the same metadata as
+JSON in the file's string metadata: ``seglab.models.load`` and ``--checkpoint`` read it back, no pickle involved.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
+from .io import save_safetensors
 from .models import task_of
 from .models.base import model_device
 
@@ -114,6 +118,17 @@ def to_onnx(model: nn.Module, path: str | Path, height: int = 512, width: int = 
         raise
     os.replace(partial, path)
     return ExportReport(path, exporter, _opset(proto), dynamic, checks)
+
+
+def to_safetensors(model: nn.Module, path: str | Path, meta: dict | None = None) -> Path:
+    """Write ``model``'s state dict to the safetensors file ``path`` (atomically) with ``meta`` (default
+    ``model.meta``: model name and options, task, classes, palette, mean/std) JSON-encoded in its metadata, so
+    that ``seglab.models.load(path)`` rebuilds the model; returns ``path``."""
+    meta = dict(meta or getattr(model, "meta", None) or {})
+    if "model" not in meta:
+        raise ValueError("to_safetensors needs the model's meta (model name and options, classes, mean/std): build "
+                         "the model with seglab.models.create or load, or pass meta=seglab.models.model_meta(...)")
+    return save_safetensors(model.state_dict(), path, meta={**meta, "task": task_of(meta)})
 
 
 def _require(name: str):

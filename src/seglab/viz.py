@@ -65,6 +65,38 @@ def overlay(image, mask, palette, alpha: float = 0.5) -> Image.Image:
     return Image.fromarray(out)
 
 
+UNNAMED = "N/A"  # COCO's unused category ids: never named in a legend or a detection list
+
+
+def legend_entries(mask, classes) -> list[tuple[int, str, float]]:
+    """(class id, name, share of the labelled pixels) of every class present in ``mask`` (H, W), most pixels
+    first; ignore (255) and unnamed ("N/A") classes are left out."""
+    mask = _mask_array(mask)
+    counts = np.bincount(mask[mask != 255].ravel(), minlength=len(classes))
+    total = max(int(counts.sum()), 1)
+    return [(label, classes[label], counts[label] / total) for label in np.argsort(-counts, kind="stable")
+            if counts[label] and label < len(classes) and classes[label] != UNNAMED]
+
+
+def with_legend(image: Image.Image, mask, classes, palette) -> Image.Image:
+    """``image`` with a panel on its right listing the classes present in ``mask``: a swatch of the palette
+    colour, the class name and its share of the labelled pixels (``legend_entries``)."""
+    entries = legend_entries(mask, classes)
+    font = ImageFont.load_default()
+    lines = [f"{name} {100 * share:.1f}%" for _, name, share in entries]
+    line_h = max([font.getbbox(line)[3] for line in lines] + [10]) + 4
+    width = 8 + line_h + 4 + int(max([font.getlength(line) for line in lines] + [0])) + 8
+    canvas = Image.new("RGB", (image.width + width, max(image.height, 8 + line_h * len(lines))), "white")
+    canvas.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for row, ((label, _, _), line) in enumerate(zip(entries, lines)):
+        x, y = image.width + 8, 4 + row * line_h
+        draw.rectangle([x, y, x + line_h - 4, y + line_h - 4], fill=tuple(int(c) for c in palette[label]),
+                       outline="black")
+        draw.text((x + line_h + 2, y), line, fill="black", font=font)
+    return canvas
+
+
 def grid(rows: list[list[Image.Image]], titles: list[str] | None = None,
          pad: int = 2) -> Image.Image:
     """RGB grid of images, e.g. one row per sample: [input, ground-truth overlay, prediction overlay].

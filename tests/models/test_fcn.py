@@ -112,7 +112,7 @@ def test_fcn_builder_loads_backbone_weights_and_rejects_wrong_width(tmp_path):
     torch.save(tv.state_dict(), path)
     model = models.create("fcn8s_vgg16", num_classes=21, weights_backbone=str(path))
     assert torch.equal(model.backbone.features[28].weight, tv.features[28].weight)
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(ValueError, match=r"does not fit the model: features\.0\.weight has shape \(64, 3, 3, 3\)"):
         models.create("fcn8s_vgg16", num_classes=21, width_mult=0.5, weights_backbone=str(path))
 
 

@@ -37,6 +37,7 @@ class BasicResNet(nn.Module):
         super().__init__()
         if depth not in BASIC_DEPTHS:
             raise ValueError(f"BasicResNet depth must be one of {sorted(BASIC_DEPTHS)}, got {depth}")
+        self.torchvision_arch = f"resnet{depth}"
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)

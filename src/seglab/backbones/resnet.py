@@ -38,6 +38,7 @@ class ResNet(nn.Module):
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
+        self.torchvision_arch = f"resnet{depth}"  # whose ImageNet weights fit (torchvision's weights API name)
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         dilate = {32: (False, False, False), 16: (False, False, True), 8: (False, True, True)}[output_stride]

@@ -1,8 +1,9 @@
 """VGG16 (arXiv:1409.1556, configuration D) as a fully convolutional backbone, plain or atrous.
 
 Parameter names are torchvision's ``vgg16`` / ``vgg16_bn`` names (``features.N``, ``classifier.0``,
-``classifier.3``), so a torchvision classification state dict loads: the fully connected fc6/fc7
-weights are reshaped into the 7×7 and 1×1 convolutions they are equivalent to (FCN §3.1).
+``classifier.3``), so a torchvision classification state dict loads (``weights_backbone``: a weight name of
+torchvision's weights API such as ``IMAGENET1K_V1``, or a file): the fully connected fc6/fc7 weights are reshaped
+into the 7×7 and 1×1 convolutions they are equivalent to (FCN §3.1).
 
 The atrous variants change only pooling and dilation, never a parameter, so the names and the
 ImageNet weights carry over (a removed pool stays in ``features`` as an ``nn.Identity``, keeping the
@@ -67,6 +68,7 @@ class VGG16(nn.Module):
             raise ValueError("a 2×2 pool with stride 1 shifts the map by half a pixel; use pool_kernel=3")
         if len(dilations) != 5:
             raise ValueError(f"dilations must give one value per block (5), got {tuple(dilations)}")
+        self.torchvision_arch = "vgg16_bn" if batch_norm else "vgg16"  # whose ImageNet weights fit
         layers: list[nn.Module] = []
         self._block_ends = []
         self.channels, self.strides = {}, {}
@@ -132,11 +134,12 @@ class VGG16(nn.Module):
 
 def deeplab_vgg16_backbone(*, width_mult: float = 1.0, batch_norm: bool = False, weights_backbone: str | None = None,
                            frozen_bn: bool = False) -> VGG16:
-    """DeepLab v1's atrous VGG16 up to pool5 (arXiv:1412.7062 §3.1, §4.1; the DeepLab-LargeFOV prototxt).
+    """DeepLab v1's atrous VGG16 up to pool5 (arXiv:1412.7062 §3.1, §5 "Field of View"; the LargeFOV prototxt).
 
     As in the published prototxt, all five max-pools are 3×3 with padding 1 and Caffe's rounding up,
     with strides 2, 2, 2, 1, 1, and conv5_1..3 have dilation 2 (padding 2): output stride 8. fc6/fc7
-    are not built: DeepLab-LargeFOV replaces them (fc6 3×3, dilation 12, 1024 channels; fc7 1×1, 1024).
+    are not built: DeepLab-LargeFOV replaces them (fc6 3×3, dilation 12, 1024 channels; fc7 1×1, 1024), and
+    ``models.deeplab.deeplabv1_vgg16`` initialises those from VGG16's by decimation.
 
     Returns {"pool3", "pool4", "pool5"}, all of stride 8; ``pool5`` is (N, 512·width_mult, h, w) with
     h = ceil((H−1)/8) + 1 (each stride-2 pool maps n → floor(n/2) + 1), likewise w. Output pixel i is
@@ -157,6 +160,12 @@ def dilation_vgg16_frontend(*, width_mult: float = 1.0, batch_norm: bool = False
     centred on input pixel 8i + 3.5 (the convention of bilinear upsampling with align_corners=False).
     The reference (fyu/dilation ``network.py``) instead uses unpadded convolutions on an input
     reflection-padded by 186 px; "same" padding avoids that border's cost on small images.
+
+    ImageNet initialisation as the reference's: its front end keeps VGG16's layer names and shapes (``network.py``,
+    ``build_frontend_vgg``: fc6 4096 filters 7×7 with dilation 4, fc7 4096 1×1) and is trained from "the weights of
+    VGG network trained on ImageNet" (``docs/training.md``: ``--weights pretrained/vgg_conv.caffemodel``, VGG16 with
+    fc6/fc7 as convolutions), which Caffe copies layer by layer as they are. ``weights_backbone`` does the same:
+    every conv of ``features`` and fc6/fc7 (reshaped, not decimated) hold VGG16's values; only the dilation differs.
 
     Returns {"pool3", "pool4", "pool5", "fc7"}, all of stride 8; ``fc7`` has 4096·width_mult channels.
     """

@@ -27,7 +27,8 @@ DEFAULT_METRIC = "segm_AP"
 REPORT_FILES = ("metrics.json (COCO box and mask AP)", "overlays.png", "report.html")
 PREDICTION_FILES = "drawings (<stem>_instances.png) and detections (<stem>.json)"
 MODEL_KEYS = ("boxes", "labels", "masks")  # what a detection model reads from a target
-SEMANTIC_ONLY = {"crop": None, "stride": None, "scales": (1.0,), "flip": False, "crf": None, "batch_size": None}
+SEMANTIC_ONLY = {"crop": None, "stride": None, "scales": (1.0,), "flip": False, "crf": None, "batch_size": None,
+                 "resize_short": None}
 
 
 def _refuse_semantic_options(options: dict) -> None:
@@ -51,9 +52,9 @@ def model_options(config, classes: Sequence[str]) -> dict:
     return {"mask_classes": sorted(classes.index(name) for name in names)}
 
 
-def train_transforms(config) -> v2.Compose:
+def train_transforms(config, meta: dict | None = None) -> v2.Compose:
     """Training augmentation: horizontal flip (``config.hflip``; boxes and masks follow), image -> float32 in
-    [0, 1] (the model normalises and resizes itself)."""
+    [0, 1] (the model normalises and resizes itself, so ``meta`` is not needed)."""
     flip = [v2.RandomHorizontalFlip()] if config.hflip else []
     return v2.Compose([*flip, v2.ToDtype(torch.float32, scale=True)])
 
@@ -183,7 +184,7 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
                   score_threshold: float | None = None, fmt: str = "palette", **inference) -> list[Path]:
     """For each image: ``<stem>_instances.png`` (masks, boxes, class and score drawn) and ``<stem>.json``
     (boxes xyxy in pixels, labels, class names, scores) of the detections scoring ≥ ``score_threshold``
-    (default 0.5). ``fmt`` and ``inference`` are the semantic models' options (an error when set)."""
+    (default 0.5); detections of unnamed classes (COCO's "N/A" ids) are left out. ``fmt`` and ``inference`` are the semantic models' options (an error when set)."""
     _refuse_semantic_options(inference)
     if fmt != "palette":
         raise ValueError(f"--format {fmt} applies to semantic models only")
@@ -196,7 +197,9 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
         for path in tqdm(list(paths), desc="predict", unit="img"):
             image = read_image(path)
             prediction = _detect(model, image, device)
-            keep = prediction["scores"] >= threshold
+            named = torch.tensor([meta["classes"][int(label)] != viz.UNNAMED for label in prediction["labels"]],
+                                 dtype=torch.bool)
+            keep = (prediction["scores"] >= threshold) & named
             boxes, labels, scores = prediction["boxes"][keep], prediction["labels"][keep], prediction["scores"][keep]
             stem = Path(path).stem
             viz.draw_instances(image, boxes, labels, prediction["masks"][keep, 0] > 0.5, meta["classes"],

@@ -42,10 +42,11 @@ def model_options(config, classes: Sequence[str]) -> dict:
     return {}
 
 
-def train_transforms(config):
-    """Random scale, crop to ``crop_size`` (default ``image_size``) and flip; normalised float images."""
+def train_transforms(config, meta: dict):
+    """Random scale, crop to ``crop_size`` (default ``image_size``) and flip; float images normalised with the
+    model's ``meta`` mean/std (those its weights expect)."""
     return data.train_transforms(config.crop_size or config.image_size, scale_range=config.scale_range,
-                                 hflip=config.hflip)
+                                 mean=meta["mean"], std=meta["std"], hflip=config.hflip)
 
 
 def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,8 +209,10 @@ def _cityscapes_names(meta: dict, paths: list) -> list[str]:
 
 def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | Path, *, crop: Size | None = None,
                   stride: Size | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
-                  crf: dict | None = None, fmt: str = "palette", score_threshold: float | None = None) -> list[Path]:
-    """For each image: ``<stem>.png`` (palette PNG of class ids) and ``<stem>_overlay.png`` in ``out_dir``;
+                  crf: dict | None = None, fmt: str = "palette", score_threshold: float | None = None,
+                  resize_short: int | None = None) -> list[Path]:
+    """For each image: ``<stem>.png`` (palette PNG of class ids) and ``<stem>_overlay.png`` (with a legend of the
+    classes present and their pixel shares) in ``out_dir``;
     with ``fmt="cityscapes"`` also ``out_dir/labelIds/<city>_<seq>_<frame>_labelIds.png``, the train ids
     mapped to Cityscapes label ids, named as ``evalPixelLevelSemanticLabeling`` expects (point its
     ``CITYSCAPES_RESULTS`` at ``out_dir/labelIds``; the images must have Cityscapes names).
@@ -217,7 +220,9 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
     ``model.meta`` (from ``seglab.models.load``) supplies mean/std and the palette. ``crop``, ``stride``,
     ``scales`` and ``flip`` choose the inference mode (see ``infer_logits``); default: whole image.
     ``crf``: ``seglab.crf.dense_crf`` keywords to refine each prediction with the dense CRF.
-    ``score_threshold`` is the instance models' option: an error here.
+    ``resize_short``: run the model on the image resized (bilinearly) to this short side in pixels, as the
+    torchvision weights' own transforms do (520 for its segmentation models), the logits resized back to the
+    image; default: the image's own size. ``score_threshold`` is the instance models' option: an error here.
     """
     if score_threshold is not None:
         raise ValueError("a score threshold applies to instance models only")
@@ -232,11 +237,13 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
     with inference_context(model):
         for index, path in enumerate(tqdm(paths, desc="predict", unit="img")):
             image = read_image(path)
+            factor = resize_short / min(image.shape[-2:]) if resize_short else 1.0
             pred = predict_labels(model, image[None], meta["mean"], meta["std"], crop=crop, stride=stride,
-                                  scales=scales, flip=flip, crf=crf)[0].cpu()
+                                  scales=tuple(factor * scale for scale in scales), flip=flip, crf=crf)[0].cpu()
             stem = Path(path).stem
             viz.colorize(pred, meta["palette"]).save(out / f"{stem}.png")
-            viz.overlay(image, pred, meta["palette"]).save(out / f"{stem}_overlay.png")
+            viz.with_legend(viz.overlay(image, pred, meta["palette"]), pred, meta["classes"],
+                            meta["palette"]).save(out / f"{stem}_overlay.png")
             if result_names:
                 Image.fromarray(cityscapes.label_ids(pred.numpy())).save(out / "labelIds" / result_names[index])
             written.append(out / f"{stem}.png")

@@ -104,8 +104,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
         self.step, self.best, self.skipped = 0, -float("inf"), 0
         self.stop_requested = False
-        self.meta = model_meta(config.model, self.num_classes, options, classes=self.train_set.classes,
-                               palette=self.train_set.palette)
+        built = self.model.meta  # options the weights needed, and the input normalisation they expect
+        self.meta = model_meta(config.model, self.num_classes, built["options"], classes=self.train_set.classes,
+                               palette=self.train_set.palette, mean=built["mean"], std=built["std"])
         if config.resume or distributed.restarted():  # torchrun restarted the group after a failure
             self._resume()
         if self.main:
@@ -159,7 +160,7 @@ class Trainer:
                                     groups=self.task.batch_groups(self.train_set), rank=distributed.rank(),
                                     num_replicas=distributed.world_size())
         sampler.start = sampler.position(self.step * config.accumulate)
-        dataset = SeededTransforms(self.train_set, self.task.train_transforms(config), config.seed)
+        dataset = SeededTransforms(self.train_set, self.task.train_transforms(config, self.meta), config.seed)
         # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run
         # would see different dropout masks than a straight one.
         return DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..io import resolve_checkpoint, safe_load
 from . import deeplab, dilation, fcis, fcn, gcn, maskrcnn, maskxrcnn  # noqa: F401  (registering the models)
-from .base import load_state
+from ..io import load_state
 from .registry import (count_parameters, create, default_num_classes, describe, entry, model_meta, names, options,
                        register, task_of)
 
@@ -24,6 +24,9 @@ def load(path: str | Path, device: str = "cpu", **options) -> nn.Module:
 
 def from_checkpoint(checkpoint: dict, source: str | Path, device: str = "cpu", **options) -> nn.Module:
     """:func:`load` of a checkpoint already read (its ``"meta"`` and ``"model"``); ``source`` names it in errors."""
+    if not isinstance(checkpoint, dict) or "meta" not in checkpoint or "model" not in checkpoint:
+        raise ValueError(f"{source} holds weights without seglab's meta (model name, classes, normalisation): load "
+                         f"it with --model NAME --weights {source} (Python: create(NAME, weights=...))")
     meta = checkpoint["meta"]
     meta["options"] = {**meta["options"], **options}
     model = create(meta["model"], meta["num_classes"], **meta["options"])

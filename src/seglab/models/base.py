@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import ResNet, prepare_backbone
-from ..io import safe_load
+from ..io import load_state, safe_load
 
 
 class SegmentationModel(nn.Module):
@@ -52,27 +52,6 @@ def load_weights(model: nn.Module, path: str | None) -> nn.Module:
         state = safe_load(path)
         load_state(model, state.get("model", state), path)
     return model
-
-
-def load_state(model: nn.Module, state: dict, source) -> None:
-    """``model.load_state_dict(state)``, strict; a ValueError naming ``source`` and the first key that does not
-    fit (a shape that differs, a key missing from the file or one the model lacks) when the weights do not."""
-    own = model.state_dict()
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # the shapes differ
-        mismatched = [(key, tuple(value.shape), tuple(own[key].shape)) for key, value in state.items()
-                      if key in own and value.shape != own[key].shape]
-        if not mismatched:
-            raise
-        key, theirs, ours = mismatched[0]
-        more = f" (and {len(mismatched) - 1} more keys)" if len(mismatched) > 1 else ""
-        raise ValueError(f"{source} does not fit the model: {key} has shape {theirs} there, {ours} in the model"
-                         f"{more}") from error
-    for keys, where in ((result.missing_keys, "is missing there"), (result.unexpected_keys, "is not in the model")):
-        if keys:
-            more = f" (and {len(keys) - 1} more keys)" if len(keys) > 1 else ""
-            raise ValueError(f"{source} does not fit the model: key {keys[0]} {where}{more}")
 
 
 def model_device(model: nn.Module) -> torch.device:

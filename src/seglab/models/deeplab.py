@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones.pretrained import imagenet_state
 from ..backbones.vgg import deeplab_vgg16_backbone, scaled
 from .base import SegmentationModel, load_weights, options_of, resnet_backbone
 from .fcn import fcn_head
@@ -29,8 +30,8 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 1, dilation:
 
 
 class LargeFOVHead(nn.Module):
-    """DeepLab-LargeFOV's replacement of VGG's fc layers (arXiv:1412.7062 §4.1, Table 2): the prototxt's
-    pool5a (3×3 average pool, stride 1, padding 1), fc6 3×3 with dilation 12 and 1024 channels, fc7 1×1
+    """DeepLab-LargeFOV's replacement of VGG's fc layers (arXiv:1412.7062 §5 "Field of View", Table 2): the
+    prototxt's pool5a (3×3 average pool, stride 1, padding 1), fc6 3×3 with dilation 12 and 1024 channels, fc7 1×1
     with 1024, ReLU and dropout after each, fc8 1×1 to classes. (N,C_in,h,w) → (N,num_classes,h,w)."""
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 1024, rate: int = 12, dropout: float = 0.5):
@@ -45,6 +46,63 @@ class LargeFOVHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc8(self.fc7(self.fc6(self.pool5a(x))))
+
+    def load_vgg16_fc(self, state: dict) -> bool:
+        """Initialise fc6/fc7 from torchvision VGG16's fc6/fc7 (``classifier.0``, ``classifier.3``) by decimation,
+        in place: see :func:`decimate_vgg16_fc`. False, leaving both fresh, when ``state`` lacks them
+        (``IMAGENET1K_FEATURES``, whose classifier is NaN and left out by ``imagenet_state``)."""
+        decimated = decimate_vgg16_fc(state, self.fc6[0].out_channels, self.fc6[0].kernel_size[0])
+        if decimated is None:
+            return False
+        with torch.no_grad():
+            for layer, (weight, bias) in zip((self.fc6[0], self.fc7[0]), decimated):
+                if weight.shape != layer.weight.shape:
+                    raise ValueError(f"VGG16's decimated fc layers have shape {tuple(weight.shape)}, the LargeFOV "
+                                     f"head {tuple(layer.weight.shape)}: ImageNet weights need width_mult=1")
+                layer.weight.copy_(weight)
+                layer.bias.copy_(bias)
+        return True
+
+
+VGG16_FC = 4096, 7  # VGG16's fc6/fc7 width and fc6's kernel (7×7 over pool5)
+
+
+def decimate_vgg16_fc(state: dict, width: int = 1024, kernel: int = 3):
+    """DeepLab-LargeFOV's fc6 (width, 512, kernel, kernel) and fc7 (width, width, 1, 1), each as (weight, bias), from
+    the fully connected fc6 (4096, 512·7·7) and fc7 (4096, 4096) of a torchvision VGG16 state dict, by decimation;
+    None when ``state`` has no ``classifier.0.weight`` / ``classifier.3.weight``.
+
+    The paper (Chen et al., arXiv:1412.7062v4) on fc6's spatial size, §3.2: "We have addressed this practical
+    problem by spatially subsampling (by simple decimation) the first FC layer to 4×4 (or 3×3) spatial size." On
+    the channels, §3.2: "We have also successfully experimented with reducing the number of channels at the fully
+    connected layers from 4,096 down to 1,024, considerably further decreasing computation time and memory
+    footprint without sacrificing performance", and §5 (Field of View): "Finally, we employ kernel size 3×3 and
+    input stride = 12, and further change the filter sizes from 4096 to 1024 for the last two layers."
+
+    Spatially, every third tap of the 7×7 kernel (rows and columns 0, 3, 6): in the atrous net pool4 and pool5 no
+    longer subsample, so VGG16's fc6 taps are 4 pixels of pool5 apart, and every third of them is 4·3 = 12 apart,
+    the LargeFOV rate, so each kept tap still sees what it saw in VGG16. fc6's 512 input channels stay.
+
+    Channels: the paper does not say how the 4096 filters became 1024, and DeepLab's release gives the reduced
+    initial model (``vgg16_20M.caffemodel``) as a file; the script that made it could not be found. seglab's
+    choice: every fourth filter (0, 4, 8, …), a decimation like the spatial one, for fc6's outputs, fc7's outputs
+    and, so that fc7 reads the fc6 filters that were kept, fc7's inputs; the biases likewise. (SSD's reduced VGG16,
+    ``VGG_ILSVRC_16_layers_fc_reduced``, was subsampled "following what DeepLab did" says its author, weiliu89/caffe
+    issue 258, and a public net-surgery script re-creating it takes ``fc6[0::4, :, 0::3, 0::3]`` and
+    ``fc7[0::4, 0::4]``: the same selection.)
+    """
+    keys = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
+    if any(key not in state for key in keys):
+        return None
+    fc6_weight, fc6_bias, fc7_weight, fc7_bias = (state[key] for key in keys)
+    channels, size = VGG16_FC
+    if channels % width or kernel < 2 or (size - 1) % (kernel - 1):
+        raise ValueError(f"cannot decimate VGG16's fc6/fc7 ({channels} filters, {size}×{size}) to {width} filters "
+                         f"{kernel}×{kernel}: {width} must divide {channels} and {kernel - 1} divide {size - 1}")
+    step, tap = channels // width, (size - 1) // (kernel - 1)
+    fc6 = fc6_weight.reshape(channels, -1, size, size)[::step, :, ::tap, ::tap]
+    fc7 = fc7_weight.reshape(channels, channels)[::step, ::step]
+    return (fc6, fc6_bias[::step]), (fc7[:, :, None, None], fc7_bias[::step])
 
 
 class ImagePooling(nn.Sequential):
@@ -166,10 +224,20 @@ _V3PLUS = "Chen et al., Encoder-Decoder with Atrous Separable Convolution (arXiv
 def deeplabv1_vgg16(num_classes: int, *, width_mult: float = 1.0, batch_norm: bool = False, rate: int = 12,
                     dropout: float = 0.5, weights: str | None = None, weights_backbone: str | None = None,
                     frozen_bn: bool = False) -> SegmentationModel:
-    """DeepLab-LargeFOV: atrous VGG16 (output stride 8) + ``LargeFOVHead``, logits upsampled bilinearly."""
+    """DeepLab-LargeFOV: atrous VGG16 (output stride 8) + ``LargeFOVHead``, logits upsampled bilinearly.
+
+    ``weights_backbone`` (a torchvision ``vgg16``/``vgg16_bn`` weight name such as ``IMAGENET1K_V1``, or a state-dict
+    path) initialises conv1_1…conv5_3 as they are and fc6/fc7 from VGG16's by decimation (``decimate_vgg16_fc``:
+    the paper's spatial decimation, which places VGG16's kept taps exactly at ``rate=12``; every fourth filter, seglab's
+    choice); weights without a usable classifier (``IMAGENET1K_FEATURES``) leave fc6/fc7 fresh. fc8 is always
+    fresh. ImageNet weights need ``width_mult=1``.
+    """
     backbone = deeplab_vgg16_backbone(width_mult=width_mult, batch_norm=batch_norm,
                                       weights_backbone=weights_backbone, frozen_bn=frozen_bn)
     head = LargeFOVHead(backbone.channels["pool5"], num_classes, scaled(1024, width_mult), rate, dropout)
+    if weights_backbone is not None:
+        # The backbone has no place for VGG16's classifier, so it is read again here, for fc6/fc7.
+        head.load_vgg16_fc(imagenet_state(weights_backbone, backbone.torchvision_arch)[0])
     # Output pixel i sits on input pixel 8i (3×3 pools with padding), hence align_corners=True.
     return load_weights(SegmentationModel(backbone, head, feature="pool5", align_corners=True), weights)
 

@@ -121,9 +121,11 @@ def dilation_vgg16(num_classes: int, *, context: str | None = "basic", width_mul
                    frozen_bn: bool = False) -> DilationNet:
     """VGG16 front-end + context module ("basic", "large" or None), output stride 8.
 
-    ``weights_backbone``: a torchvision ``vgg16``/``vgg16_bn`` state-dict path (ImageNet weights, fc6/fc7
-    reshaped); ``weights``: a seglab checkpoint or state dict of this model; ``frozen_bn`` freezes the
-    front-end's BatchNorm (``batch_norm=True``).
+    ``weights_backbone``: torchvision ``vgg16``/``vgg16_bn`` ImageNet weights, a weight name (``IMAGENET1K_V1``,
+    ``DEFAULT``) or a state-dict path, loaded into the front-end as the reference code does (every layer as it is,
+    fc6/fc7 reshaped into convolutions; see ``dilation_vgg16_frontend``); ``final`` and the context module keep
+    their own initialisations. ``weights``: a seglab checkpoint or state dict of this model; ``frozen_bn`` freezes
+    the front-end's BatchNorm (``batch_norm=True``).
     """
     frontend = dilation_vgg16_frontend(width_mult=width_mult, batch_norm=batch_norm, dropout=dropout,
                                        weights_backbone=weights_backbone, frozen_bn=frozen_bn)

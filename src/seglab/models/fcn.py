@@ -16,6 +16,11 @@ Two padding/crop schemes keep the output the size of the input for any input ≥
 - ``padding="same"``: the input is zero-padded (bottom/right) to a multiple of 32, fc6 pads by 3 and the
   transposed convolutions by factor/2, so every map is exactly 2× the previous one and the only crop is
   the final one back to the input size. Cheaper on small images (no 100-px border); used by the demo.
+
+ImageNet initialisation (§4.1, "We decapitate each net by discarding the final classifier layer, and convert all
+fully connected layers to convolutions"): ``weights_backbone``, a torchvision ``vgg16``/``vgg16_bn`` weight name
+(``IMAGENET1K_V1``, ``DEFAULT``) or a state-dict path, loads every conv as it is and VGG16's fc6/fc7 reshaped into
+the 7×7 and 1×1 convolutions they are equivalent to; fc8 is dropped, ``score_*`` start at zero.
 """
 from __future__ import annotations
 

@@ -8,8 +8,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .. import hub
 from ..data.palette import voc_palette
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from . import pretrained
 
 # classes of a model built without a dataset: PASCAL VOC's 21 and COCO's 91 category ids (torchvision's defaults)
 DEFAULT_NUM_CLASSES = {"semantic": 21, "instance": 91}
@@ -71,18 +73,65 @@ def options(name: str) -> dict[str, object]:
             if p.name != "num_classes" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def create(name: str, num_classes: int, **options) -> nn.Module:
-    """Build the registered model ``name`` for ``num_classes`` classes with the builder's ``options``; the model
-    carries ``model.meta`` (:func:`model_meta` with default class names), which training replaces with the data's."""
-    builder = entry(name).builder
+def create(name: str, num_classes: int | None = None, **options) -> nn.Module:
+    """Build the registered model ``name`` for ``num_classes`` classes with the builder's ``options``.
+
+    ``weights`` may name torchvision's trained weights for the models it publishes (``"DEFAULT"``,
+    ``"COCO_WITH_VOC_LABELS_V1"``, …; ``models.pretrained``): they are loaded through torch's hub cache, with the
+    options they were trained with, and ``num_classes`` defaults to theirs (another count re-initialises the
+    classifiers: fine-tuning). ``weights_backbone`` (or ``backbone_weights``) may name ImageNet weights of the backbone (``"IMAGENET1K_V1"``,
+    ``"DEFAULT"``, …) or be a file. ``num_classes`` defaults to :data:`DEFAULT_NUM_CLASSES` otherwise.
+
+    The model carries ``model.meta`` (:func:`model_meta`: the weights' class names where they have them, else
+    "background", "class_1", …; the input normalisation the weights expect), which training replaces with the data's
+    class names."""
+    if "backbone_weights" in options:  # the CLI's spelling, also accepted in Python
+        options["weights_backbone"] = options.pop("backbone_weights")
+    weights, member = options.get("weights"), None
+    if hub.is_name(weights):
+        spec = pretrained.published(name, backbone_weight_names(name))
+        member = hub.weights(spec.arch, weights)
+        num_classes = num_classes or len(member.meta["categories"])
+        options = {**spec.options, **options, "weights": None}
+    num_classes = num_classes or default_num_classes(name)
+    model = _build(name, num_classes, options)
+    classes, normalization = None, _input_normalization(model)
+    if member is not None:
+        pretrained.load_published(model, member, lambda n: _build(name, n, options), num_classes)
+        if num_classes == len(member.meta["categories"]):
+            classes = member.meta["categories"]
+        normalization = hub.normalization(member) or normalization
+    model.meta = model_meta(name, num_classes, options, classes=classes, **(normalization or {}))
+    return model
+
+
+def _build(name: str, num_classes: int, options: dict) -> nn.Module:
+    """``builder(num_classes, **options)``; an option the builder does not take is a ValueError."""
     try:
-        model = builder(num_classes=num_classes, **options)
+        return entry(name).builder(num_classes=num_classes, **options)
     except TypeError as error:
         if "unexpected keyword argument" in str(error):
             raise ValueError(f"model {name!r} does not take that option: {error}") from error
         raise
-    model.meta = model_meta(name, num_classes, options)
-    return model
+
+
+def _input_normalization(model: nn.Module) -> dict | None:
+    """The normalisation a backbone's weights asked for (``backbones.pretrained``: IMAGENET1K_FEATURES), if any."""
+    return next((m.input_normalization for m in model.modules() if hasattr(m, "input_normalization")), None)
+
+
+def backbone_weight_names(name: str) -> list[str]:
+    """The torchvision weight names the backbone of ``name`` (built with its default options) accepts as
+    ``weights_backbone``: those of every ``torchvision_arch`` it declares (found on the meta device)."""
+    with torch.device("meta"):
+        model = entry(name).builder(num_classes=2)
+    archs = sorted({m.torchvision_arch for m in model.modules() if hasattr(m, "torchvision_arch")})
+    return [weight for arch in archs for weight in hub.weight_names(arch)]
+
+
+def weight_names(name: str) -> list[str]:
+    """The names of torchvision's trained weights that ``weights`` accepts for ``name`` (none for most models)."""
+    return hub.weight_names(pretrained.PUBLISHED[name].arch) if name in pretrained.PUBLISHED else []
 
 
 def model_meta(name: str, num_classes: int, options: dict | None = None, *, classes=None, palette=None,
@@ -113,6 +162,8 @@ def describe(name: str) -> str:
     num_classes = default_num_classes(name)
     summary = (inspect.getdoc(model.builder) or "").split("\n\n")[0].replace("\n", " ")
     lines = [f"{name}: {summary}", f"paper: {model.paper}", f"task: {model.task}",
-             f"parameters ({num_classes} classes): {count_parameters(name, num_classes):,}", "options (default):"]
+             f"parameters ({num_classes} classes): {count_parameters(name, num_classes):,}",
+             f"weights (torchvision's trained model): {', '.join(weight_names(name)) or 'none published'}",
+             f"backbone weights (ImageNet): {', '.join(backbone_weight_names(name)) or 'none'}", "options (default):"]
     lines += [f"  {key} = {value!r}" for key, value in options(name).items()]
     return "\n".join(lines)
