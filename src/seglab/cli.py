@@ -167,7 +167,6 @@ def cmd_predict(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from . import models
     from .export import to_onnx, to_safetensors
     from .io import writable_dir
 
@@ -175,16 +174,7 @@ def cmd_export(args) -> None:
     if suffix not in (".onnx", ".safetensors"):
         raise ValueError(f"--out {args.out}: unknown extension {suffix or '(none)'!r}; export writes .onnx (ONNX, run "
                          f"by onnxruntime) or .safetensors (the PyTorch weights with the model's meta)")
-    if args.checkpoint:
-        if args.model or args.weights or args.num_classes:
-            raise ValueError("--checkpoint brings the model, its weights and classes: drop --model, --weights and "
-                             "--num-classes")
-        model = models.load(args.checkpoint, **_model_options(args))
-    elif args.model:
-        num_classes = args.num_classes or models.default_num_classes(args.model)
-        model = models.create(args.model, num_classes, weights=args.weights, **_model_options(args))
-    else:
-        raise ValueError("export needs --model NAME or --checkpoint RUN_DIR|FILE.pt")
+    model = _load_model(args)
     writable_dir(Path(args.out).parent)
     if suffix == ".safetensors":
         print(f"wrote {to_safetensors(model, args.out)} (weights and meta; seglab.models.load or --checkpoint read it)")
@@ -238,7 +228,7 @@ def _add_model_source_flags(parser: argparse.ArgumentParser, onnx: bool) -> None
     """Where the model comes from: ``--checkpoint``, ``--onnx`` (where ``onnx``) or ``--model NAME`` with
     ``--weights`` / ``--num-classes``; exactly one of them."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="run directory (its best.pt, else last.pt) or .pt file")
+    source.add_argument("--checkpoint", help="run directory (its best.pt, else last.pt), .pt or .safetensors file")
     if onnx:
         source.add_argument("--onnx", help="a file written by `seglab export`, run by onnxruntime (no checkpoint "
                                            "needed)")
@@ -341,11 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", help="output directory (default: RUN_DIR/crf_tune)")
     tune.set_defaults(func=cmd_crf_tune)
 
-    export_cmd = commands.add_parser("export", help="export a model to ONNX, checked in onnxruntime against PyTorch")
-    export_cmd.add_argument("--model", help="registered model name (random or --weights), or use --checkpoint")
-    export_cmd.add_argument("--weights", help="a seglab checkpoint or state dict for --model")
-    export_cmd.add_argument("--checkpoint", help="run directory or .pt file: model, weights, classes, mean/std")
-    export_cmd.add_argument("--num-classes", type=int, help="with --model (default: 21, instance models 91)")
+    export_cmd = commands.add_parser("export", help="export a model to ONNX (checked in onnxruntime against PyTorch) "
+                                                    "or to safetensors")
+    _add_model_source_flags(export_cmd, onnx=False)
+    _add_device_flag(export_cmd)
     _add_model_option_flag(export_cmd, "a model option (value parsed as YAML), e.g. width_mult=0.25; repeatable")
     export_cmd.add_argument("--out", required=True,
                             help="the file; its extension picks the format: .onnx (ONNX, checked in onnxruntime) or "

@@ -28,8 +28,11 @@ class TrainConfig:
     batch_norm: bool | None = option(None, "VGG models: BatchNorm after each conv (default: the model's)")
     model_options: dict = option({}, "any other builder option as KEY=VALUE (value parsed as YAML), e.g. padding=same; "
                                      "repeatable (seglab models NAME lists them)")
-    backbone_weights: str | None = option(None, "torchvision classification state dict (.pth) for the backbone")
-    weights: str | None = option(None, "start from these weights: a seglab checkpoint or state dict on disk")
+    backbone_weights: str | None = option(None, "ImageNet weights of the backbone: torchvision's name (IMAGENET1K_V1, "
+                                                "DEFAULT, …; seglab models NAME lists them) or a state-dict file")
+    weights: str | None = option(None, "start from these weights: torchvision's trained model by name (DEFAULT; "
+                                       "another --num-classes re-initialises the classifiers) or a seglab "
+                                       "checkpoint / state dict file")
     frozen_bn: bool = option(False, "replace BatchNorm by FrozenBatchNorm2d (fixed statistics and affine; logged)")
     mask_classes: list[str] | None = option(None, "instance models: the classes with mask supervision (set A); the "
                                                   "others train boxes only")
