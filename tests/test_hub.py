@@ -216,3 +216,21 @@ def test_models_name_lists_the_weight_names_each_model_accepts(capsys):
     main(["models", "dilation_vgg16"])
     out = capsys.readouterr().out
     assert "none published" in out and "IMAGENET1K_FEATURES" in out
+
+
+def test_resize_short_reproduces_the_weights_own_transforms(cache, tmp_path):
+    image = torch.randint(0, 256, (3, 70, 93), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "photo.png")
+    main(["predict", "--model", "deeplabv3_resnet50", "--weights", "DEFAULT", str(tmp_path / "photo.png"),
+          "--out", str(tmp_path / "out"), "--resize-short", "48"])
+    mask = torch.from_numpy(np.array(Image.open(tmp_path / "out" / "photo.png"))).long()
+    theirs = torchvision.models.segmentation.deeplabv3_resnet50(weights="DEFAULT").eval()
+    transforms = DEEPLAB.transforms(resize_size=48)  # the enum's preset (520 by default), on the same photo
+    with torch.no_grad():
+        logits = theirs(transforms(image)[None])["out"]
+    assert logits.shape[-2:] == (48, 63)
+    expected = torch.nn.functional.interpolate(logits, size=(70, 93), mode="bilinear", align_corners=False)
+    ours = seglab.models.create("deeplabv3_resnet50", weights="DEFAULT").eval()
+    got = semantic.infer_logits(ours, image[None], ours.meta["mean"], ours.meta["std"], resize_short=48)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert mask.shape == (70, 93) and torch.equal(mask, got.argmax(1)[0])

@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.functional import resize  # what torchvision's weights transforms call
 
 from ..crf import dense_crf
 from ..data.transforms import pair
@@ -117,14 +118,22 @@ def multiscale_logits(model: nn.Module, images: torch.Tensor, scales: Sequence[f
 @torch.no_grad()
 def infer_logits(model: nn.Module, images_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
                  crop: Size | None = None, stride: Size | None = None, scales: Sequence[float] = (1.0,),
-                 flip: bool = False) -> torch.Tensor:
+                 flip: bool = False, resize_short: int | None = None) -> torch.Tensor:
     """Logits (N,C,H,W) of uint8 images (N,3,H,W), on the model's device, without gradients.
 
     Whole-image inference by default; ``crop``/``stride`` (pixels) select sliding windows and
-    ``scales``/``flip`` test-time augmentation, as in :func:`multiscale_logits`.
+    ``scales``/``flip`` test-time augmentation, as in :func:`multiscale_logits`. ``resize_short``: the model sees
+    the images resized to this short side first (torchvision's ``Resize([size])``, bilinear with antialiasing,
+    as the transforms of its segmentation weights do with 520), and the logits are resized back to H×W.
     """
+    size = images_uint8.shape[-2:]
+    if resize_short:
+        images_uint8 = resize(images_uint8, [resize_short], antialias=True)
     images = normalize(images_uint8.to(model_device(model)), mean, std)
-    return multiscale_logits(model, images, scales=scales, flip=flip, crop=crop, stride=stride)
+    logits = multiscale_logits(model, images, scales=scales, flip=flip, crop=crop, stride=stride)
+    if logits.shape[-2:] != size:
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return logits
 
 
 @torch.no_grad()

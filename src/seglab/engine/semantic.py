@@ -220,9 +220,9 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
     ``model.meta`` (from ``seglab.models.load``) supplies mean/std and the palette. ``crop``, ``stride``,
     ``scales`` and ``flip`` choose the inference mode (see ``infer_logits``); default: whole image.
     ``crf``: ``seglab.crf.dense_crf`` keywords to refine each prediction with the dense CRF.
-    ``resize_short``: run the model on the image resized (bilinearly) to this short side in pixels, as the
-    torchvision weights' own transforms do (520 for its segmentation models), the logits resized back to the
-    image; default: the image's own size. ``score_threshold`` is the instance models' option: an error here.
+    ``resize_short``: run the model on the image resized to this short side in pixels, as the torchvision
+    weights' own transforms do (520 for its segmentation models), the logits resized back to the image
+    (``infer_logits``); default: the image's own size. ``score_threshold`` is the instance models' option: an error here.
     """
     if score_threshold is not None:
         raise ValueError("a score threshold applies to instance models only")
@@ -237,9 +237,8 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
     with inference_context(model):
         for index, path in enumerate(tqdm(paths, desc="predict", unit="img")):
             image = read_image(path)
-            factor = resize_short / min(image.shape[-2:]) if resize_short else 1.0
             pred = predict_labels(model, image[None], meta["mean"], meta["std"], crop=crop, stride=stride,
-                                  scales=tuple(factor * scale for scale in scales), flip=flip, crf=crf)[0].cpu()
+                                  scales=scales, flip=flip, crf=crf, resize_short=resize_short)[0].cpu()
             stem = Path(path).stem
             viz.colorize(pred, meta["palette"]).save(out / f"{stem}.png")
             viz.with_legend(viz.overlay(image, pred, meta["palette"]), pred, meta["classes"],
