@@ -49,7 +49,7 @@ def imagenet_state(source: str, arch: str) -> tuple[dict, list[str], dict | None
     return state, unusable, normalization
 
 
-def load_torchvision_weights(backbone: nn.Module, source: str) -> None:
+def load_torchvision_weights(backbone: nn.Module, source: str) -> dict:
     """Load torchvision classification weights (a file, or a name of the backbone's ``torchvision_arch``:
     vgg16, vgg16_bn, resnet18, resnet50, resnet101) into ``backbone``.
 
@@ -57,13 +57,15 @@ def load_torchvision_weights(backbone: nn.Module, source: str) -> None:
     place for: VGG's fc8, ResNet's fc) are dropped; every other key must match (strict, the first misfit named),
     so a wrong architecture or width fails loudly; only non-finite tensors the weights hold may be missing. Weights
     with their own input normalisation set ``backbone.input_normalization`` (``seglab.models.create`` puts it in the
-    model's meta, so training, evaluation, prediction and export all use it).
+    model's meta, so training, evaluation, prediction and export all use it). Returns the usable torchvision state
+    dict, classifier included (DeepLab-LargeFOV's head initialises from it).
     """
     state, unusable, normalization = imagenet_state(source, backbone.torchvision_arch)
-    state = {k: v for k, v in state.items() if not k.startswith(backbone.classifier_prefixes)}
-    load_state(backbone, state, source, missing_ok=unusable)
+    fitting = {k: v for k, v in state.items() if not k.startswith(backbone.classifier_prefixes)}
+    load_state(backbone, fitting, source, missing_ok=unusable)
     if normalization is not None:
         backbone.input_normalization = normalization
+    return state
 
 
 def prepare_backbone(backbone: nn.Module, *, weights_backbone: str | None = None, frozen_bn: bool = False) -> nn.Module:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones.pretrained import imagenet_state
+from ..backbones.pretrained import freeze_batch_norm, load_torchvision_weights
 from ..backbones.vgg import deeplab_vgg16_backbone, scaled
 from .base import SegmentationModel, load_weights, options_of, resnet_backbone
 from .fcn import fcn_head
@@ -50,7 +50,7 @@ class LargeFOVHead(nn.Module):
     def load_vgg16_fc(self, state: dict) -> bool:
         """Initialise fc6/fc7 from torchvision VGG16's fc6/fc7 (``classifier.0``, ``classifier.3``) by decimation,
         in place: see :func:`decimate_vgg16_fc`. False, leaving both fresh, when ``state`` lacks them
-        (``IMAGENET1K_FEATURES``, whose classifier is NaN and left out by ``imagenet_state``)."""
+        (``IMAGENET1K_FEATURES``, whose classifier is NaN and left out by ``backbones.pretrained.imagenet_state``)."""
         decimated = decimate_vgg16_fc(state, self.fc6[0].out_channels, self.fc6[0].kernel_size[0])
         if decimated is None:
             return False
@@ -232,12 +232,12 @@ def deeplabv1_vgg16(num_classes: int, *, width_mult: float = 1.0, batch_norm: bo
     choice); weights without a usable classifier (``IMAGENET1K_FEATURES``) leave fc6/fc7 fresh. fc8 is always
     fresh. ImageNet weights need ``width_mult=1``.
     """
-    backbone = deeplab_vgg16_backbone(width_mult=width_mult, batch_norm=batch_norm,
-                                      weights_backbone=weights_backbone, frozen_bn=frozen_bn)
+    backbone = deeplab_vgg16_backbone(width_mult=width_mult, batch_norm=batch_norm)
     head = LargeFOVHead(backbone.channels["pool5"], num_classes, scaled(1024, width_mult), rate, dropout)
-    if weights_backbone is not None:
-        # The backbone has no place for VGG16's classifier, so it is read again here, for fc6/fc7.
-        head.load_vgg16_fc(imagenet_state(weights_backbone, backbone.torchvision_arch)[0])
+    if weights_backbone is not None:  # one read: the convolutions into the backbone, fc6/fc7 into the head
+        head.load_vgg16_fc(load_torchvision_weights(backbone, weights_backbone))
+    if frozen_bn:
+        backbone = freeze_batch_norm(backbone)
     # Output pixel i sits on input pixel 8i (3×3 pools with padding), hence align_corners=True.
     return load_weights(SegmentationModel(backbone, head, feature="pool5", align_corners=True), weights)
 
