@@ -68,7 +68,8 @@ def main() -> None:
         val_set = seglab.data.build_dataset("shapes", "val", image_size=config.image_size, seed=config.seed)
         trained = seglab.models.load(out)
         labels = {group: [val_set.classes.index(c) for c in names] for group, names in (("A", SET_A), ("B", SET_B))}
-        set_b, set_a = (instance.summary(instance.evaluate(trained, val_set, labels=labels[group])[0]) for group in "BA")
+        set_b, set_a = (instance.summary(instance.evaluate(trained, val_set, labels=labels[group])[0])
+                        for group in "BA")
         iou = {group: mask_iou_on_true_boxes(trained, val_set, group_labels) for group, group_labels in labels.items()}
         (out / "partial_supervision.json").write_text(json.dumps({"B": set_b, "A": set_a, "mask_iou_on_true_boxes": iou},
                                                                  indent=2))

@@ -275,7 +275,8 @@ def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
                             "(default: default)")
     group.add_argument("--crf-iterations", type=int, default=10, help="mean-field iterations (default: 10)")
     group.add_argument("--crf-param", action="append", metavar="KEY=VALUE",
-                       help="override one dense_crf keyword, e.g. bilateral_sxy=50 (as printed by crf-tune); repeatable")
+                       help="override one dense_crf keyword, e.g. bilateral_sxy=50 (as printed by crf-tune); "
+                            "repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_cmd.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's; Mask R-CNN 17)")
     export_cmd.set_defaults(func=cmd_export)
 
-    models_cmd = commands.add_parser("models", help="list registered models with their parameter counts, or describe one")
+    models_cmd = commands.add_parser("models", help="list registered models with their parameter counts, or describe "
+                                                    "one")
     models_cmd.add_argument("name", nargs="?", help="a model: its paper, task, parameters and every option's default")
     models_cmd.set_defaults(func=cmd_models)
 

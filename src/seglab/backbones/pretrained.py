@@ -33,8 +33,8 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
 
 
 def imagenet_state(source: str, arch: str) -> tuple[dict, list[str], dict | None]:
-    """``(torchvision state dict, keys left out, input normalisation or None)`` of ``source``: a file, or a weight name of
-    torchvision's ``arch`` (``IMAGENET1K_V1``, ``DEFAULT``, …; ``seglab.hub``). Tensors holding NaN or inf
+    """``(torchvision state dict, keys left out, input normalisation or None)`` of ``source``: a file, or a weight
+    name of torchvision's ``arch`` (``IMAGENET1K_V1``, ``DEFAULT``, …; ``seglab.hub``). Tensors holding NaN or inf
     (``IMAGENET1K_FEATURES``'s classifier) are left out, with a log line: the layers they belong to start fresh.
     The normalisation is the weights' own where it differs from ImageNet's usual one (``IMAGENET1K_FEATURES``:
     0–255 input minus the mean)."""
