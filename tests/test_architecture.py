@@ -15,7 +15,7 @@ LAYERS = [
     {"engine"},
     {"report", "interop"},
     {"models"},
-    {"backbones", "metrics", "viz"},
+    {"backbones", "metrics", "losses", "viz"},
     {"data"},
     {"crf", "ops"},
     {"io", "hub"},

@@ -94,6 +94,10 @@ def test_report_renders_in_headless_chromium_with_metrics_class_names_and_every_
     page = Page(dom)
     metrics = json.loads((evaluated / "eval" / "metrics.json").read_text())
     assert f"mIoU {100 * metrics['miou']:.2f}" in page.text
+    for key, label in (("mean_dice", "mean Dice/F1"), ("mean_precision", "mean precision"),
+                       ("mean_recall", "mean recall")):
+        assert f"{label} {100 * metrics[key]:.2f}" in page.text, key
+    assert "class IoU (%) accuracy (%) Dice/F1 (%) precision (%) recall (%)" in page.text
     for name in Shapes.classes:
         assert name in page.text, name
     assert "Training curves" in page.text and "Best and worst images by mIoU" in page.text
@@ -108,6 +112,16 @@ def test_crf_report_shows_both_settings_side_by_side(evaluated):
     row = f"mIoU {100 * metrics['without_crf']['miou']:.2f} {100 * metrics['miou']:.2f}"
     assert "value without CRF (%) value with CRF (%)" in page.text and row in page.text
     assert "IoU without CRF (%) IoU with CRF (%)" in page.text
+    for label in ("Dice/F1", "precision", "recall"):
+        assert f"{label} without CRF (%) {label} with CRF (%)" in page.text, label
+    row = f"mean Dice/F1 {100 * metrics['without_crf']['mean_dice']:.2f} {100 * metrics['mean_dice']:.2f}"
+    assert row in page.text
+    for settings in (metrics, metrics["without_crf"]):  # per-class values by class name, n/a as NaN
+        for key in ("iou", "dice", "precision", "recall"):
+            assert list(settings[key]) == list(Shapes.classes), key
+        for name in Shapes.classes:
+            iou, dice = settings["iou"][name], settings["dice"][name]
+            assert dice == pytest.approx(2 * iou / (1 + iou), nan_ok=True), name
     assert len(decoded_pngs(page)) == 2 * 2 + 1 + 5 * 3  # two IoU charts, two confusion matrices
 
 

@@ -200,15 +200,19 @@ def cmd_data_check(args) -> None:
 
     split = args.split if args.split or args.format == "folder" else "train"
     options = {"voc_root": args.voc_root} if args.voc_root else {}
+    options.update(_key_values(getattr(args, "data_options", None) or []))  # reader options, values YAML
     dataset = data.build_dataset(args.format, split, root=args.root, **options)
     num_classes = args.num_classes or len(dataset.classes)
     summary = data.validate_dataset(dataset, num_classes, keep_going=True)
     print(data.format_summary(summary, list(dataset.classes)[:num_classes]))
     where = f"{args.root} ({args.format}, {split or 'every image'})"
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}")
     if summary["problems"]:
         raise ValueError(f"{where}: {len(summary['problems'])} of {summary['images']} images have problems:\n"
                          + "\n".join(summary["problems"]))
-    print(f"{where}: {summary['images']} images, no problems found")
+    warned = f"no errors, {len(summary['warnings'])} warnings (above)" if summary["warnings"] else "no problems found"
+    print(f"{where}: {summary['images']} images, {warned}")
 
 
 def cmd_export_shapes(args) -> None:
@@ -217,6 +221,23 @@ def cmd_export_shapes(args) -> None:
     root = export_shapes(args.root, args.format, {"train": args.num_train, "val": args.num_val},
                          image_size=args.image_size, seed=args.seed)
     print(f"wrote Shapes ({args.num_train} train, {args.num_val} val) in {args.format} layout to {root}")
+
+
+def cmd_data_import_labelme(args) -> None:
+    from .data.import_labelme import import_labelme
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    summary = import_labelme(args.dir, args.out, classes=classes, instances=args.instances, split=args.split)
+    extra = (f", {summary['instances']} instances in {args.out}/annotations/instances_{args.split}2017.json"
+             if args.instances else "")
+    print(f"wrote {summary['images']} images, classes {', '.join(summary['classes'])}, to {args.out}{extra}")
+
+
+def cmd_data_import_coco(args) -> None:
+    from .data.import_coco import import_coco
+
+    summary = import_coco(args.annotations, args.images, args.out)
+    print(f"wrote {summary['images']} images, classes {', '.join(summary['classes'])}, to {args.out}")
 
 
 # -- shared flag groups -------------------------------------------------------------------------------------
@@ -363,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--split", help="split checked (default: train; folder: every image, as 'all')")
     check.add_argument("--voc-root", help="sbd's train_aug split: the VOC2012 folder")
     check.add_argument("--num-classes", type=int, help="classes including the background (default: the dataset's)")
+    check.add_argument("--data-option", dest="data_options", action="append", metavar="KEY=VALUE",
+                       help="a reader option, value as YAML: mask_map='{255: 1}', palette=voc|FILE, "
+                            "exif_transpose=false")
     check.set_defaults(func=cmd_data_check)
     export = data_cmd.add_parser("export-shapes", help="write the Shapes dataset in VOC or COCO layout")
     export.add_argument("root", help="output folder")
@@ -372,6 +396,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--image-size", type=int, default=128, help="image side in pixels (default: 128)")
     export.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
     export.set_defaults(func=cmd_export_shapes)
+    importers = data_cmd.add_parser("import", help="convert annotations into the folder layout (--data folder)") \
+        .add_subparsers(dest="import_format", required=True)
+    labelme = importers.add_parser("labelme", help="labelme JSON files -> images/, masks/ (palette PNGs), classes.txt")
+    labelme.add_argument("dir", help="the folder of labelme .json files (images embedded or beside them)")
+    labelme.add_argument("--out", required=True, help="the dataset folder written (required; created if missing)")
+    labelme.add_argument("--classes", help="class names a,b,c, the first being the background (id 0) (default: "
+                                           "background, then the labels found, sorted)")
+    labelme.add_argument("--instances", action="store_true",
+                         help="also write a COCO instances json (shapes sharing a group_id form one instance) for "
+                              "--data coco (default: off)")
+    labelme.add_argument("--split", default="train",
+                         help="with --instances: the COCO split written, OUT/<split>2017/ and "
+                              "OUT/annotations/instances_<split>2017.json (default: train)")
+    labelme.set_defaults(func=cmd_data_import_labelme)
+    coco_import = importers.add_parser("coco", help="a COCO instances json -> semantic masks in the folder layout "
+                                                    "(crowd and class overlaps 255)")
+    coco_import.add_argument("annotations", help="the COCO instances .json file")
+    coco_import.add_argument("images", help="the folder its file_names are relative to")
+    coco_import.add_argument("--out", required=True, help="the dataset folder written (required; created if missing)")
+    coco_import.set_defaults(func=cmd_data_import_coco)
     return parser
 
 

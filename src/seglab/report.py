@@ -19,7 +19,11 @@ from . import viz
 from .metrics.coco import STAT_NAMES
 
 SEMANTIC_METRICS = {"pixel_acc": "pixel accuracy", "mean_acc": "mean accuracy", "miou": "mIoU",
-                    "fwiou": "frequency-weighted IoU"}
+                    "fwiou": "frequency-weighted IoU", "mean_dice": "mean Dice/F1",
+                    "mean_precision": "mean precision", "mean_recall": "mean recall"}
+# per-class lists of SegmentationMetrics.compute() -> column label
+SEMANTIC_PER_CLASS = {"iou": "IoU", "acc": "accuracy", "dice": "Dice/F1", "precision": "precision",
+                      "recall": "recall"}
 SEMANTIC_COLUMNS = ("input", "ground truth", "prediction")
 INSTANCE_COLUMNS = ("input", "ground truth", "prediction (score >= 0.5)")
 THUMBNAIL = 320  # gallery pictures are shrunk to fit this many pixels (keeps the file small for large images)
@@ -80,8 +84,9 @@ def _title(kind: str, config: dict | None, run_dir: str | Path | None) -> str:
 
 def semantic_report(out_dir: str | Path, result: dict, classes: Sequence[str], ranked: Sequence[Row], *,
                     config: dict | None = None, run_dir: str | Path | None = None) -> Path:
-    """Write ``out_dir/report.html`` for ``evaluate``'s ``result``: the summary metrics, per-class IoU and
-    accuracy (table and bar chart), the row-normalised confusion matrix — with and without the CRF side by
+    """Write ``out_dir/report.html`` for ``evaluate``'s ``result``: the summary metrics (FCN's four, mean
+    Dice/F1, precision, recall), per-class IoU, accuracy, Dice/F1, precision and recall (table; IoU also as
+    a bar chart), the row-normalised confusion matrix — with and without the CRF side by
     side when ``result`` has ``"without_crf"`` — training curves from ``run_dir``, the gallery of ``ranked``
     rows (best first: the first half shown as the best images, the rest as the worst) and ``config``."""
     settings = [(" without CRF", result["without_crf"]), (" with CRF", result)] if "without_crf" in result \
@@ -89,9 +94,10 @@ def semantic_report(out_dir: str | Path, result: dict, classes: Sequence[str], r
     metrics = {"columns": ["metric", *(f"value{name} (%)" for name, _ in settings)],
                "rows": [[label, *(_percent(values[key]) for _, values in settings)]
                         for key, label in SEMANTIC_METRICS.items()]}
-    per_class = {"columns": ["class", *(f"{what}{name} (%)" for what in ("IoU", "accuracy") for name, _ in settings)],
-                 "rows": [[name, *(_percent(values[what][index]) for what in ("iou", "acc") for _, values in settings)]
-                          for index, name in enumerate(classes)]}
+    per_class = {"columns": ["class", *(f"{what}{name} (%)" for what in SEMANTIC_PER_CLASS.values()
+                                        for name, _ in settings)],
+                 "rows": [[name, *(_percent(values[what][index]) for what in SEMANTIC_PER_CLASS
+                                   for _, values in settings)] for index, name in enumerate(classes)]}
     names = list(classes)
     plots = [(name.strip(), png_uri(functools.partial(plot, values[key], names))) for name, values in settings
              for plot, key in ((viz.plot_per_class_iou, "iou"), (viz.plot_confusion, "confusion"))]

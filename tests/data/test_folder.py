@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 from layouts import FOLDER_PALETTE, write_image, write_labels
+from PIL import Image
 from torchvision import tv_tensors
 
 from seglab.cli import main
-from seglab.data import FolderSegmentation, build_dataset
+from seglab.data import FolderSegmentation, VOCSegmentation, build_dataset
 from seglab.data.palette import voc_palette
 
 
@@ -46,8 +47,10 @@ def test_image_without_mask_mask_without_image_and_unknown_split_stems_are_named
     assert len(FolderSegmentation(root, split="train")) == 3  # the split does not need dog_03
     write_labels(root / "masks" / "dog_03.png", folder_tree.masks["dog_03"])
     write_labels(root / "masks" / "fish_01.png", folder_tree.masks["dog_03"])
-    with pytest.raises(ValueError, match=r"masks without an image .*masks/fish_01\.png"):
-        FolderSegmentation(root)
+    dataset = FolderSegmentation(root)  # a mask without an image is not read: a warning naming it
+    assert len(dataset) == 5 and len(dataset.warnings) == 1
+    assert dataset.warnings[0].startswith(f"{root / 'masks' / 'fish_01.png'}: a mask without an image fish_01.*")
+    assert FolderSegmentation(root, split="train").warnings == []  # a split reads only its own stems
     (root / "val.txt").write_text("cat_02\nbird_07\n")
     with pytest.raises(ValueError, match=r"val\.txt: 1 stems without an image .*: bird_07"):
         FolderSegmentation(root, split="val")
@@ -74,3 +77,37 @@ def test_build_dataset_and_training_from_the_command_line(folder_tree, tmp_path)
           "--data", "folder", "--data-root", str(folder_tree.root), "--crop-size", "32", "--iters", "1",
           "--batch-size", "2", "--out", str(run)])
     assert (run / "last.pt").is_file()
+
+
+def test_mask_map_and_palette_reader_options_apply_on_read_and_are_checked(tmp_path):
+    labels = np.array([[0, 255, 255], [0, 0, 255]])
+    write_image(tmp_path / "images" / "a.jpg", 2, 3, 0)
+    write_labels(tmp_path / "masks" / "a.png", labels)
+    dataset = FolderSegmentation(tmp_path, classes=["background", "object"], mask_map={255: 1})
+    np.testing.assert_array_equal(dataset[0][1]["mask"].numpy(), np.where(labels == 255, 1, 0))
+    swapped = FolderSegmentation(tmp_path, classes=["background", "object"], mask_map={0: 255, 255: 0})
+    np.testing.assert_array_equal(swapped[0][1]["mask"].numpy(), np.where(labels == 255, 0, 255))
+    for bad, message in [({255: 2}, r"255 -> 2, but 2 is not a class id 0\.\.1"), ("255:1", "must be a mapping"),
+                         ({1.5: 1}, r"stored value 1\.5 is not an integer"), ({-1: 0}, "stored value -1")]:
+        with pytest.raises(ValueError, match=message):
+            FolderSegmentation(tmp_path, classes=["background", "object"], mask_map=bad)
+    with pytest.raises(FileNotFoundError, match="palette file .*nope.txt does not exist"):
+        FolderSegmentation(tmp_path, classes=["background", "object"], palette=str(tmp_path / "nope.txt"))
+    (tmp_path / "p.txt").write_text("0 0 0\n5 1 2 3\n")
+    with pytest.raises(ValueError, match=r"p\.txt line 2: class id 5 is not 0\.\.1 or 255"):
+        FolderSegmentation(tmp_path, classes=["background", "object"], palette=str(tmp_path / "p.txt"))
+    (tmp_path / "p.txt").write_text("0 0 0\n1 2 300\n")
+    with pytest.raises(ValueError, match=r"p\.txt line 2: colour \[1, 2, 300\] is not three values"):
+        FolderSegmentation(tmp_path, classes=["background", "object"], palette=str(tmp_path / "p.txt"))
+
+
+def test_voc_reader_converts_rgb_masks_with_the_voc_palette_and_maps_values(voc_root):
+    dataset = VOCSegmentation(voc_root, "train")
+    ids = dataset[0][1]["mask"].numpy()
+    colours = np.array(voc_palette(), dtype=np.uint8)
+    Image.fromarray(colours[ids]).save(dataset.mask_path(0))  # the same labels as an RGB colour mask
+    with pytest.raises(ValueError, match="RGB colour mask"):
+        dataset[0]
+    np.testing.assert_array_equal(VOCSegmentation(voc_root, "train", palette="voc")[0][1]["mask"].numpy(), ids)
+    mapped = VOCSegmentation(voc_root, "train", palette="voc", mask_map={1: 2})[0][1]["mask"].numpy()
+    np.testing.assert_array_equal(mapped, np.where(ids == 1, 2, ids))

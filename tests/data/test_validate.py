@@ -117,3 +117,24 @@ def test_format_summary_is_a_markdown_table_of_pixels_and_fractions():
     assert "| class | pixels | fraction | images |" in table
     assert "| background | 4 | 50.00% | 2 |" in table and "| thing | 2 | 25.00% | 1 |" in table
     assert "| ignore (255) | 2 | 25.00% | |" in table
+
+
+def test_summary_has_warnings_and_the_imbalance_ratio_over_the_classes_present():
+    image = torch.zeros(3, 2, 3, dtype=torch.uint8)
+    masks = [torch.tensor([[0, 0, 0], [0, 0, 1]]), torch.tensor([[0, 0, 0], [0, 1, 1]])]
+    summary = validate_dataset(InMemory([(image, m) for m in masks]), num_classes=3, progress=False)
+    assert summary["imbalance_ratio"] == 9 / 3 and summary["pixels_per_class"] == [9, 3, 0]
+    assert summary["warnings"] == ["class 2 has no pixels in the dataset (2 images checked)"]
+    table = format_summary(summary, ["background", "thing", "rare"])
+    assert "imbalance ratio (max / min pixel share over the 2 classes present): 3.0 (most: background 75.00%, " \
+           "least: thing 25.00%)" in table and table.endswith("classes with no pixels: rare")
+
+
+def test_the_0_255_warning_needs_two_classes_and_no_foreground_anywhere():
+    image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    binary = torch.tensor([[0, 255], [0, 0]])
+    summary = validate_dataset(InMemory([(image, binary)]), progress=False)
+    assert len(summary["warnings"]) == 2 and "InMemory[0]: a binary mask saved as 0/255 (255 on 25.0%" in \
+        summary["warnings"][0]
+    border = validate_dataset(InMemory([(image, binary), (image, torch.tensor([[1, 255], [0, 0]]))]), progress=False)
+    assert border["warnings"] == []  # 255 beside real labels elsewhere is an ignore region, not the trap

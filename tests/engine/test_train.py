@@ -1,6 +1,8 @@
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -158,6 +160,8 @@ def test_a_split_of_masks_entirely_ignored_is_refused_and_unlabelled_images_are_
     config = tiny_config(tmp_path, data="voc", data_root=str(root), batch_size=2, num_train=None, num_val=None)
     Trainer(config)
     assert "1 of 4 images of split 'train' have no labelled pixel" in capsys.readouterr().out
+    stored = (Path(config.out) / "data_check_train.txt").read_text()  # the check is kept with the run
+    assert "1 of 4 images of split 'train' have no labelled pixel" in stored
     for path in masks:
         Image.fromarray(np.full((48, 48), 255, np.uint8)).save(path)
     with pytest.raises(ValueError, match="every mask pixel of split 'train' is 255"):

@@ -19,12 +19,17 @@ def reference_metrics(preds, targets, num_classes, ignore_index=IGNORE):
         pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
         keep = target != ignore_index
         np.add.at(n, (target[keep], pred[keep]), 1.0)
-    acc, iou = [], []
+    acc, iou, dice, precision, recall = [], [], [], [], []
     for i in range(num_classes):
         t_i = n[i, :].sum()
         p_i = n[:, i].sum()
         acc.append(n[i, i] / t_i if t_i > 0 else math.nan)
         iou.append(n[i, i] / (t_i + p_i - n[i, i]) if t_i + p_i > 0 else math.nan)
+        # Dice/F1 = 2TP / (2TP + FP + FN); a 0/0 precision or recall is 0 unless the class is in neither
+        present = t_i + p_i > 0
+        dice.append(2 * n[i, i] / (t_i + p_i) if present else math.nan)
+        precision.append((n[i, i] / p_i if p_i > 0 else 0.0) if present else math.nan)
+        recall.append((n[i, i] / t_i if t_i > 0 else 0.0) if present else math.nan)
     total = n.sum()
     fw = sum(n[i, :].sum() * iou[i] for i in range(num_classes) if n[i, :].sum() > 0)
     return {
@@ -33,16 +38,22 @@ def reference_metrics(preds, targets, num_classes, ignore_index=IGNORE):
         "mean_acc": np.mean([a for a in acc if not math.isnan(a)]),
         "miou": np.mean([u for u in iou if not math.isnan(u)]),
         "fwiou": fw / total,
+        "mean_dice": np.mean([d for d in dice if not math.isnan(d)]),
+        "mean_precision": np.mean([v for v in precision if not math.isnan(v)]),
+        "mean_recall": np.mean([v for v in recall if not math.isnan(v)]),
         "acc": acc,
         "iou": iou,
+        "dice": dice,
+        "precision": precision,
+        "recall": recall,
     }
 
 
 def assert_matches_reference(result, ref):
-    for key in ("pixel_acc", "mean_acc", "miou", "fwiou"):
+    for key in ("pixel_acc", "mean_acc", "miou", "fwiou", "mean_dice", "mean_precision", "mean_recall"):
         assert isinstance(result[key], float)
         np.testing.assert_allclose(result[key], ref[key], rtol=1e-12, err_msg=key)
-    for key in ("acc", "iou"):
+    for key in ("acc", "iou", "dice", "precision", "recall"):
         assert isinstance(result[key], list)
         np.testing.assert_allclose(result[key], ref[key], rtol=1e-12, equal_nan=True, err_msg=key)
 
@@ -131,6 +142,14 @@ def test_absent_classes_are_nan_and_excluded_from_the_means():
     assert result["miou"] == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
     assert result["pixel_acc"] == pytest.approx(4 / 5)
     assert result["fwiou"] == pytest.approx((3 * 2 / 3 + 2 * 1.0) / 5)
+    # Dice = 2TP / (t + p); class 2 (predicted, not in the target) has precision 0/1 and recall 0/0 = 0
+    assert result["dice"][:3] == [pytest.approx(4 / 5), 1.0, 0.0]
+    assert result["precision"][:3] == [1.0, 1.0, 0.0]
+    assert result["recall"][:3] == [pytest.approx(2 / 3), 1.0, 0.0]
+    assert all(math.isnan(result[key][3]) for key in ("dice", "precision", "recall"))
+    assert result["mean_dice"] == pytest.approx((4 / 5 + 1.0) / 3)
+    assert result["mean_precision"] == pytest.approx(2 / 3)
+    assert result["mean_recall"] == pytest.approx((2 / 3 + 1.0) / 3)  # unlike mean_acc, counts class 2
 
 
 def test_perfect_prediction_gives_one_everywhere():
@@ -141,9 +160,10 @@ def test_perfect_prediction_gives_one_everywhere():
     metrics = SegmentationMetrics(3)
     metrics.update(pred, target)
     result = metrics.compute()
-    for key in ("pixel_acc", "mean_acc", "miou", "fwiou"):
+    for key in ("pixel_acc", "mean_acc", "miou", "fwiou", "mean_dice", "mean_precision", "mean_recall"):
         assert result[key] == 1.0
-    assert result["iou"] == [1.0] * 3 and result["acc"] == [1.0] * 3
+    for key in ("iou", "acc", "dice", "precision", "recall"):
+        assert result[key] == [1.0] * 3, key
 
 
 def test_reset_clears_counts_and_compute_can_repeat_between_updates():
@@ -193,15 +213,67 @@ def test_confusion_follows_the_input_device_and_matches_cpu():
     assert on_gpu.compute() == pytest.approx(on_cpu.compute(), nan_ok=True)
 
 
+@pytest.mark.parametrize("num_classes, shapes, absent", [
+    (2, [(3, 9, 11)], []),
+    (6, [(2, 13, 17), (3, 8, 8)], [4]),        # class 4 in neither target nor prediction
+    (9, [(4, 20, 21), (1, 7, 30)], [0, 5, 8]),  # including class 0
+])
+def test_dice_precision_recall_match_torchmetrics_with_ignore_pixels_and_absent_classes(num_classes, shapes, absent):
+    tm = pytest.importorskip("torchmetrics.classification")
+    gen = torch.Generator().manual_seed(1000 + num_classes)
+    metrics = SegmentationMetrics(num_classes)
+    references = {
+        key: {average: cls(num_classes=num_classes, ignore_index=IGNORE, average=average, multidim_average="global")
+              for average in (None, "macro")}
+        for key, cls in (("dice", tm.MulticlassF1Score), ("precision", tm.MulticlassPrecision),
+                         ("recall", tm.MulticlassRecall))}
+    kept = [c for c in range(num_classes) if c not in absent]
+    for index, shape in enumerate(shapes):
+        pred, target = random_batch(gen, len(kept), shape, ignore_frac=0.3)
+        lookup = torch.tensor(kept + [IGNORE] * (IGNORE + 1 - len(kept)))
+        pred, target = lookup[pred], lookup[target]  # class ids `absent` never occur
+        if index == 0 and absent:
+            # an absent class predicted on ignored pixels only: still absent from both
+            pred[target == IGNORE] = absent[0]
+        if num_classes > 2:
+            # a class only in the target (precision 0/0) and another only in the prediction (recall 0/0)
+            pred[pred == kept[1]] = kept[0]
+            target[target == kept[2]] = kept[0]
+        metrics.update(pred, target)
+        for by_average in references.values():
+            for reference in by_average.values():
+                reference.update(pred, target)
+    result = metrics.compute()
+    confusion = metrics.confusion
+    assert (confusion.sum(0) + confusion.sum(1) == 0).nonzero().flatten().tolist() == absent
+    if num_classes > 2:
+        assert confusion[:, kept[1]].sum() == 0 < confusion[kept[1]].sum()  # class kept[1]: precision 0/0
+        assert confusion[kept[2]].sum() == 0 < confusion[:, kept[2]].sum()  # class kept[2]: recall 0/0
+    for key, by_average in references.items():
+        per_class = by_average[None].compute().double()
+        ours = torch.tensor(result[key], dtype=torch.float64)
+        # torchmetrics reports 0 for a class absent from both, seglab n/a; equal (float32) elsewhere
+        assert ours.isnan().nonzero().flatten().tolist() == absent, key
+        assert (per_class[absent] == 0).all(), key
+        torch.testing.assert_close(ours[kept], per_class[kept], rtol=1e-6, atol=1e-7, msg=key)
+        # torchmetrics' macro average drops the classes with tp + fp + fn = 0, as seglab does
+        macro = by_average["macro"].compute().item()
+        assert result[f"mean_{key}"] == pytest.approx(macro, rel=1e-6), key
+        assert result[f"mean_{key}"] == pytest.approx(per_class[kept].mean().item(), rel=1e-6), key
+
+
 def test_format_table_lists_classes_and_summary_in_percent():
-    result = {"iou": [0.5, math.nan], "acc": [0.25, math.nan],
-              "miou": 0.5, "mean_acc": 0.25, "fwiou": 0.125, "pixel_acc": 0.75}
+    result = {"iou": [0.5, math.nan], "acc": [0.25, math.nan], "dice": [2 / 3, math.nan],
+              "precision": [0.4, math.nan], "recall": [0.25, math.nan],
+              "miou": 0.5, "mean_acc": 0.25, "fwiou": 0.125, "pixel_acc": 0.75,
+              "mean_dice": 2 / 3, "mean_precision": 0.4, "mean_recall": 0.25}
     lines = format_table(result, ["road", "sky"]).splitlines()
-    assert lines[0] == "| class | IoU (%) | accuracy (%) |"
-    assert lines[2] == "| road | 50.00 | 25.00 |"
-    assert lines[3] == "| sky | n/a | n/a |"
-    assert "50.00 | 25.00" in lines[4] and "miou" in lines[4]
+    assert lines[0] == "| class | IoU (%) | accuracy (%) | Dice/F1 (%) | precision (%) | recall (%) |"
+    assert lines[2] == "| road | 50.00 | 25.00 | 66.67 | 40.00 | 25.00 |"
+    assert lines[3] == "| sky | n/a | n/a | n/a | n/a | n/a |"
+    assert "50.00 | 25.00 | 66.67 | 40.00 | 25.00 |" in lines[4] and "miou" in lines[4] and "mean_dice" in lines[4]
     assert "12.50 | 75.00" in lines[5] and "pixel_acc" in lines[5]
+    assert all(line.count("|") == 7 for line in lines)  # every row has the six columns
     with pytest.raises(ValueError, match="class names"):
         format_table(result, ["road"])
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from seglab.data.paths import read_lines, read_split_list
-from seglab.data.semantic import SemanticFiles
+from seglab.data.semantic import SemanticFiles, read_palette
 from seglab.data.palette import voc_palette
 
 VOC_CLASSES = (
@@ -31,7 +31,9 @@ class VOCSegmentation(SemanticFiles):
     ``ds[i]`` -> ``(tv_tensors.Image uint8 (3, H, W), {"mask": tv_tensors.Mask (H, W) int64})``, mask values
     are class ids and 255 = ignore; ``transforms(image, target)`` is applied when given. ``classes``
     defaults to ``root/labels.txt`` (one name per line, written by seglab's export) if present, else
-    the 21 VOC classes. ``ids`` lists the split's image ids.
+    the 21 VOC classes. ``ids`` lists the split's image ids. Reader options: ``mask_map`` ({stored value:
+    class id}, applied on read), ``palette`` ("voc" or a file of ``r g b`` lines: RGB colour masks are
+    converted colour -> id), ``exif_transpose`` (default True: photos in their displayed orientation).
     """
 
     def __init__(
@@ -40,6 +42,9 @@ class VOCSegmentation(SemanticFiles):
         split: str,
         transforms: Callable | None = None,
         classes: Sequence[str] | None = None,
+        mask_map: dict | None = None,
+        palette: str | None = None,
+        exif_transpose: bool = True,
     ):
         root = Path(root)
         if not root.is_dir():
@@ -47,5 +52,9 @@ class VOCSegmentation(SemanticFiles):
         self.ids = voc_split(root, split)
         if classes is None and (root / "labels.txt").is_file():
             classes = read_lines(root / "labels.txt", "class list")
-        super().__init__(root, split, transforms, [voc_pair(root, i) for i in self.ids],
-                         VOC_CLASSES if classes is None else classes, voc_palette())
+        classes = VOC_CLASSES if classes is None else classes
+        colours = None if palette is None else read_palette(palette, len(classes))
+        shown = voc_palette() if colours is None else [c if c is not None else voc_palette()[i]
+                                                       for i, c in enumerate(colours)]
+        super().__init__(root, split, transforms, [voc_pair(root, i) for i in self.ids], classes, shown,
+                         mask_map=mask_map, mask_colours=colours, exif_transpose=exif_transpose)

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from .. import losses
+
 
 def option(default: Any, help: str):
     """A ``TrainConfig`` field: its default and the help text ``seglab train --help`` shows."""
@@ -50,6 +52,18 @@ class TrainConfig:
     train_split: str = option("train", "split trained on")
     val_split: str = option("val", "split validated on")
     num_workers: int = option(0, "DataLoader worker processes")
+    # loss (semantic models; seglab.losses)
+    loss: str = option("ce", "semantic models: ce | focal | focal-sigmoid | dice | lovasz, '+' sums terms "
+                             "(ce+dice); 255 is ignored, the aux head weighs 0.4")
+    loss_weights: list[float] | None = option(None, "one factor per --loss term, in order (default: 1 each)")
+    class_weights: str | None = option(None, "class weights of the pixel-wise terms: auto (median-frequency "
+                                             "balancing of the training split, stored in the checkpoint's meta) | "
+                                             "w0,w1,... (one per class)")
+    ohem: list[str] | None = option(None, "THRESH MIN_KEPT: the pixel-wise terms on the hard pixels only "
+                                          "(mmsegmentation's OHEM: p_gt < max(THRESH, the sorted p_gt at index k), "
+                                          "k = MIN_KEPT x images; THRESH none: the top k by loss); per process "
+                                          "under torchrun")
+    label_smoothing: float = option(0.0, "ce label smoothing in [0, 1)")
     # optimisation
     iters: int = option(1000, "optimiser steps")
     epochs: int | None = option(None, "passes over the training split; overrides iters when set")
@@ -81,6 +95,18 @@ class TrainConfig:
                                            "models, segm_AP (COCO mask AP) for instance models)")
     resume: bool = option(False, "continue the run in --out from its last.pt")
     stop_at: int | None = option(None, "stop after this step with a checkpoint (e.g. a job's time limit)")
+
+    def __post_init__(self):
+        # the loss options that need no data are checked here, before any dataset is read (one-line ValueErrors)
+        losses.parse_loss(self.loss)
+        losses.parse_ohem(self.ohem)
+        if self.loss_weights is not None:
+            try:  # flags give strings
+                self.loss_weights = [float(w) for w in self.loss_weights]
+            except (TypeError, ValueError):
+                raise ValueError(f"loss_weights: {self.loss_weights!r} are not numbers") from None
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing: {self.label_smoothing} is outside [0, 1)")
 
     def model_kwargs(self) -> dict:
         """Keyword options for ``seglab.models.create``."""

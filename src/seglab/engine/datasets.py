@@ -11,12 +11,17 @@ from ..data.transforms import IGNORE_INDEX
 
 def build_split(name: str, split: str, *, root: str | Path | None = None, num_images: int | None = None,
                 image_size: int = 128, seed: int = 0, num_classes: int | None = None, options: dict | None = None,
-                announce: bool = True):
+                announce: bool = True, report: str | Path | None = None):
     """``data.build_dataset(name, split, ...)`` (no transforms), validated by ``data.validate_dataset`` against
-    ``num_classes`` (default: the dataset's classes) unless it is generated (Shapes, valid by construction).
+    ``num_classes`` (default: the dataset's classes) unless it is generated (Shapes, valid by construction):
+    the same checks as ``seglab data check``, the first error raised.
 
-    A split whose every mask pixel is 255 is refused (nothing to learn from or score); ``announce``: say how
-    many images have no labelled pixel (they are kept and add nothing to the loss).
+    A split whose every mask pixel is 255 is refused (nothing to learn from or score). The check's warnings
+    (0/255 binary masks, classes with no pixels, masks without an image, EXIF-rotated photos, and images
+    with no labelled pixel: kept, they add nothing to the loss) are kept in ``dataset.data_check``
+    (``{"summary": validate_dataset's dict, "warnings": [one line each], "text": the class table and the
+    warnings}``); ``announce``: print each warning (``tqdm.write``, for the main rank); ``report``: write
+    ``text`` to that file (e.g. the run directory's ``data_check_<split>.txt``).
     """
     dataset = data.build_dataset(name, split, root=root, num_images=num_images, image_size=image_size, seed=seed,
                                  **(options or {}))
@@ -26,7 +31,18 @@ def build_split(name: str, split: str, *, root: str | Path | None = None, num_im
     if summary["ignore_pixels"] == summary["total_pixels"]:
         raise ValueError(f"every mask pixel of split {split!r} is {IGNORE_INDEX} (ignore): nothing to learn from "
                          f"or score; check the masks' values and the class mapping")
-    if summary["unlabelled_images"] and announce:
-        tqdm.write(f"seglab: {summary['unlabelled_images']} of {summary['images']} images of split {split!r} have no "
-                   f"labelled pixel (all {IGNORE_INDEX}); they are kept and add nothing to the loss")
+    warnings = list(summary["warnings"])
+    if summary["unlabelled_images"]:
+        warnings.append(f"{summary['unlabelled_images']} of {summary['images']} images of split {split!r} have no "
+                        f"labelled pixel (all {IGNORE_INDEX}); they are kept and add nothing to the loss")
+    classes = list(dataset.classes)[:num_classes or len(dataset.classes)]
+    text = "\n".join([f"# data check: {name} split {split!r} under {root}", "", data.format_summary(summary, classes),
+                      "", *(f"warning: {w}" for w in warnings)]) + "\n"
+    dataset.data_check = {"summary": summary, "warnings": warnings, "text": text}
+    if announce:
+        for warning in warnings:
+            tqdm.write(f"seglab: warning: {warning}")
+    if report is not None:
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        Path(report).write_text(text)
     return dataset

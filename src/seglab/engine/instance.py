@@ -71,15 +71,27 @@ def batch_groups(dataset) -> list[int] | None:
     return aspect_ratio_groups(dataset) if hasattr(dataset, "coco") else None
 
 
-def loss_normalizer(micro_batches: list, device: torch.device) -> float:
+def criterion(config, train_set, meta: dict) -> None:
+    """Instance models train on their own loss dict: the semantic loss options are refused when set."""
+    defaults = {"loss": "ce", "loss_weights": None, "class_weights": None, "ohem": None, "label_smoothing": 0.0}
+    for name, default in defaults.items():
+        if getattr(config, name) != default:
+            raise ValueError(f"{name} {getattr(config, name)!r} applies to semantic models only (instance models "
+                             f"train on their own losses)")
+    return None
+
+
+def loss_normalizer(micro_batches: list, device: torch.device, criterion: None = None) -> float:
     """The micro-batches of the step: the model's losses are means over its batch, so each is divided by it."""
     return float(len(micro_batches))
 
 
 def loss(model: nn.Module, images: list[torch.Tensor], targets: list[dict], device: torch.device,
-         normalizer: float = 1.0, memory_format: torch.memory_format | None = None) -> torch.Tensor:
+         normalizer: float = 1.0, memory_format: torch.memory_format | None = None,
+         criterion: None = None) -> torch.Tensor:
     """Sum of the model's training losses (RPN objectness and boxes, classifier, boxes, masks) / ``normalizer``;
-    ``memory_format`` is the semantic models' (detection models batch their images themselves)."""
+    ``memory_format`` and ``criterion`` are the semantic models' (detection models batch their images themselves
+    and compute their own losses)."""
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [{key: value.to(device, non_blocking=True) for key, value in target.items()} for target in targets]
     return sum(model(images, targets).values()) / normalizer

@@ -3,8 +3,8 @@ the report and prediction on image files.
 
 ``engine.semantic`` and ``engine.instance`` expose the same names (the task seam, ``engine.tasks``):
 ``DEFAULT_METRIC``, ``REPORT_FILES``, ``PREDICTION_FILES``, ``model_options``, ``train_transforms``, ``collate``,
-``batch_groups``, ``loss_normalizer``, ``loss``, ``evaluate``, ``summary``, ``pictures``, ``write_report``,
-``predict_files``.
+``batch_groups``, ``criterion``, ``loss_normalizer``, ``loss``, ``evaluate``, ``summary``, ``pictures``,
+``write_report``, ``predict_files``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from .. import data, report, viz
+from .. import data, losses, report, viz
 from ..data import cityscapes
 from ..data.images import read_image
 from ..data.transforms import IGNORE_INDEX
@@ -61,11 +61,43 @@ def batch_groups(dataset) -> None:
     return None
 
 
-def loss_normalizer(micro_batches: list, device: torch.device) -> torch.Tensor:
+def criterion(config, train_set, meta: dict) -> losses.SegmentationLoss:
+    """The loss ``config`` chooses (``loss``, ``loss_weights``, ``class_weights``, ``ohem``, ``label_smoothing``;
+    ``seglab.losses``), built once before training; a one-line ValueError names a bad option and its value.
+    ``class_weights: auto`` is median-frequency balancing over the masks of ``train_set`` (read without
+    transforms); explicit or computed, the weights are recorded in ``meta["class_weights"]`` (so in the
+    checkpoints' ``"meta"``)."""
+    terms = losses.parse_loss(config.loss)
+    num_classes = meta["num_classes"]
+    weights = losses.parse_class_weights(config.class_weights, num_classes)
+    if weights == "auto":
+        masks = (train_set[index][1]["mask"] for index in range(len(train_set)))
+        weights = losses.median_frequency_weights(*losses.class_pixel_counts(masks, num_classes),
+                                                  classes=meta["classes"])
+        if distributed.is_main():
+            tqdm.write("seglab: class weights (median frequency) "
+                       + ", ".join(f"{name} {w:.3g}" for name, w in zip(meta["classes"], weights)))
+    try:
+        loss_weights = None if config.loss_weights is None else [float(w) for w in config.loss_weights]
+    except (TypeError, ValueError):
+        raise ValueError(f"loss_weights: {config.loss_weights!r} are not numbers") from None
+    built = losses.SegmentationLoss(terms, loss_weights, weights, losses.parse_ohem(config.ohem),
+                                    float(config.label_smoothing))
+    if weights is not None:
+        meta["class_weights"] = [float(w) for w in weights]
+    return built
+
+
+def loss_normalizer(micro_batches: list, device: torch.device,
+                    criterion: losses.SegmentationLoss | None = None) -> torch.Tensor:
     """The labelled pixels of the global batch (all micro-batches, all processes) over the world size: summed
-    per-pixel losses divided by it give the mean over the global batch once DDP averages the gradients."""
-    valid = sum((masks != IGNORE_INDEX).sum() for _, masks in micro_batches).to(device, torch.float64)
-    return (distributed.all_reduce_sum(valid).clamp_min(1) / distributed.world_size()).float()
+    per-pixel losses divided by it give the mean over the global batch once DDP averages the gradients. With
+    class weights in ``criterion``: the global sum of the labelled pixels' weights instead (a weighted mean)."""
+    if criterion is None or criterion.class_weights is None:
+        valid = sum((masks != IGNORE_INDEX).sum() for _, masks in micro_batches).to(device, torch.float64)
+        return (distributed.all_reduce_sum(valid).clamp_min(1) / distributed.world_size()).float()
+    mass = distributed.all_reduce_sum(sum(criterion.mass(masks.to(device)) for _, masks in micro_batches))
+    return (torch.where(mass > 0, mass, torch.ones_like(mass)) / distributed.world_size()).float()
 
 
 def cross_entropy(outputs: dict, masks: torch.Tensor, aux_weight: float = 0.4,
@@ -86,10 +118,15 @@ def cross_entropy(outputs: dict, masks: torch.Tensor, aux_weight: float = 0.4,
 
 
 def loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device,
-         normalizer: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """:func:`cross_entropy` of ``model`` on one micro-batch (images (N,3,H,W), masks (N,H,W))."""
+         normalizer: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format,
+         criterion: losses.SegmentationLoss | None = None) -> torch.Tensor:
+    """``criterion`` (from :func:`criterion`; default: plain cross-entropy, computed by :func:`cross_entropy`)
+    of ``model`` on one micro-batch (images (N,3,H,W), masks (N,H,W))."""
     images = images.to(device, memory_format=memory_format, non_blocking=True)
-    return cross_entropy(model(images), masks.to(device, non_blocking=True), normalizer=normalizer)
+    masks = masks.to(device, non_blocking=True)
+    if criterion is None or criterion.plain_ce:
+        return cross_entropy(model(images), masks, normalizer=normalizer)
+    return criterion(model(images), masks, normalizer)
 
 
 def _same_size_groups(items: list) -> list[list]:
@@ -174,8 +211,8 @@ def pictures(visuals, meta: dict) -> list[list[Image.Image]]:
 
 def write_report(result: dict, visuals, meta: dict, out_dir: str | Path, *, config: dict | None = None,
                  run_dir: str | Path | None = None) -> str:
-    """Write ``metrics.json`` (the four summary metrics and per-class IoU, also without the CRF when
-    ``result`` has both), ``per_class_iou.png``, ``overlays.png`` (rows: input | ground truth | prediction,
+    """Write ``metrics.json`` (the summary metrics and per-class IoU, Dice, precision and recall, also without the
+    CRF when ``result`` has both), ``per_class_iou.png``, ``overlays.png`` (rows: input | ground truth | prediction,
     best images first) and ``report.html`` (``seglab.report``: ``config`` is the run's, training curves
     from ``run_dir``) to ``out_dir``; return the Markdown table (and the mIoU without the CRF)."""
     out = Path(out_dir)
@@ -183,7 +220,8 @@ def write_report(result: dict, visuals, meta: dict, out_dir: str | Path, *, conf
     classes = meta["classes"]
 
     def scores(values: dict) -> dict:
-        return {k: values[k] for k in report.SEMANTIC_METRICS} | {"iou": dict(zip(classes, values["iou"]))}
+        per_class = ("iou", "dice", "precision", "recall")  # class name -> value (nan: n/a)
+        return {k: values[k] for k in report.SEMANTIC_METRICS} | {k: dict(zip(classes, values[k])) for k in per_class}
 
     extra = {"without_crf": scores(result["without_crf"])} if "without_crf" in result else {}
     (out / "metrics.json").write_text(json.dumps(scores(result) | extra, indent=2))

@@ -56,7 +56,8 @@ def build_datasets(config: TrainConfig):
     def build(split: str, count: int | None, num_classes: int | None):
         return build_split(config.data, split, root=config.data_root, num_images=count, image_size=config.image_size,
                            seed=config.seed, num_classes=num_classes, options=config.data_options,
-                           announce=distributed.is_main())
+                           announce=distributed.is_main(),
+                           report=Path(config.out) / f"data_check_{split}.txt" if distributed.is_main() else None)
 
     train_set = build(config.train_split, config.num_train, config.num_classes)
     num_classes = config.num_classes or len(train_set.classes)
@@ -107,6 +108,7 @@ class Trainer:
         built = self.model.meta  # options the weights needed, and the input normalisation they expect
         self.meta = model_meta(config.model, self.num_classes, built["options"], classes=self.train_set.classes,
                                palette=self.train_set.palette, mean=built["mean"], std=built["std"])
+        self.criterion = self.task.criterion(config, self.train_set, self.meta)  # may add meta["class_weights"]
         if config.resume or distributed.restarted():  # torchrun restarted the group after a failure
             self._resume()
         if self.main:
@@ -197,13 +199,14 @@ class Trainer:
         averaged over processes by DDP) are those of the whole global batch."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16 if self.device.type == "cpu" else torch.float16,
                             enabled=self.config.amp):
-            return self.task.loss(self.trained, images, targets, self.device, normalizer, self.memory_format)
+            return self.task.loss(self.trained, images, targets, self.device, normalizer, self.memory_format,
+                                  self.criterion)
 
     def train_step(self, micro_batches: list) -> tuple[float, bool]:
         """Forward and backward over the micro-batches of one step; returns (the loss of the global
         batch, whether loss and gradients are finite). Also agrees on a stop request across processes: one
         all-reduce of (loss, stop request, non-finite gradients), the one host sync of the step."""
-        normalizer = self.task.loss_normalizer(micro_batches, self.device)
+        normalizer = self.task.loss_normalizer(micro_batches, self.device, self.criterion)
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for index, (images, targets) in enumerate(micro_batches):

@@ -1,4 +1,4 @@
-"""Confusion-matrix metrics for semantic segmentation (FCN, arXiv:1411.4038 §5)."""
+"""Confusion-matrix metrics for semantic segmentation (FCN, arXiv:1411.4038 §5; Dice/F1, precision, recall)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,8 @@ import torch.distributed as dist
 
 
 class SegmentationMetrics:
-    """Accumulates a (C, C) int64 confusion matrix and derives the four FCN metrics from it.
+    """Accumulates a (C, C) int64 confusion matrix and derives the four FCN metrics, and per-class
+    Dice/F1, precision and recall with their means, from it.
 
     With ``n_ij`` the number of pixels of target class ``i`` predicted as class ``j`` (row = target,
     column = prediction), ``t_i = Σ_j n_ij`` the target pixels of class ``i`` and ``n_cl`` the number
@@ -24,9 +25,26 @@ class SegmentationMetrics:
     per-class lists ``acc`` and ``iou`` hold ``nan`` for the excluded classes. Pixels whose target is
     ``ignore_index`` are not counted at all.
 
+    From the same matrix, with ``p_i = Σ_j n_ji`` the pixels predicted as class ``i``, the per-class
+    Dice/F1 score, precision and recall and their unweighted means over the classes::
+
+        dice_i      = 2 n_ii / (t_i + p_i)        (= F1 = 2 iou_i / (1 + iou_i))
+        precision_i = n_ii / p_i                   (0 when p_i = 0 < t_i)
+        recall_i    = n_ii / t_i                   (0 when t_i = 0 < p_i)
+        mean_dice, mean_precision, mean_recall = (1/n_cl) Σ_i dice_i, precision_i, recall_i
+
+    All three follow the IoU rule: a class absent from both target and prediction is ``nan`` and left
+    out of the means (n_cl = the classes in ``miou``); a 0/0 precision or recall of a class that is
+    present on the other side counts as 0. This is torchmetrics' ``MulticlassF1Score`` /
+    ``MulticlassPrecision`` / ``MulticlassRecall`` with ``ignore_index``, ``multidim_average="global"``
+    and ``zero_division=0``: its ``average=None`` gives the same values where seglab's are defined (and 0
+    for the absent classes) and its ``average="macro"`` drops the classes with ``tp + fp + fn = 0``, so
+    the means agree. ``recall`` is ``acc`` except for a class predicted but not in the target (recall 0,
+    acc ``nan``), hence ``mean_recall`` may differ from ``mean_acc``, which leaves such classes out.
+
     The matrix lives on the device of the tensors given to :meth:`update`; under
     ``torch.distributed`` :meth:`compute` first sums it over all ranks (a collective: every rank
-    must call it).
+    must call it); every metric is then derived from the summed matrix.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255):
@@ -105,24 +123,41 @@ class SegmentationMetrics:
 
     def compute(self) -> dict:
         """Reduce over ranks, then return python floats ``pixel_acc``, ``mean_acc``, ``miou``,
-        ``fwiou`` (fractions in [0, 1], ``nan`` when nothing was counted) and per-class lists
-        ``acc`` and ``iou`` of length C (``nan`` for excluded classes)."""
+        ``fwiou``, ``mean_dice``, ``mean_precision``, ``mean_recall`` (fractions in [0, 1], ``nan`` when
+        nothing was counted) and per-class lists ``acc``, ``iou``, ``dice``, ``precision`` and ``recall``
+        of length C (``nan`` for excluded classes)."""
         self.all_reduce()
         n = self.confusion.double()
         hits = n.diagonal()
         target_px = n.sum(dim=1)
-        union = target_px + n.sum(dim=0) - hits
+        pred_px = n.sum(dim=0)
+        union = target_px + pred_px - hits
+        present = union > 0
         nan = torch.tensor(math.nan, dtype=n.dtype, device=n.device)
+        zero = torch.zeros((), dtype=n.dtype, device=n.device)
+
+        def ratio(denominator: torch.Tensor, factor: float = 1.0) -> torch.Tensor:
+            # 0/0 is 0 for a class present on the other side, nan for a class absent from both
+            value = torch.where(denominator > 0, factor * hits / denominator.clamp_min(1), zero)
+            return torch.where(present, value, nan)
+
         acc = torch.where(target_px > 0, hits / target_px, nan)
-        iou = torch.where(union > 0, hits / union, nan)
+        iou = torch.where(present, hits / union, nan)
+        dice, precision, recall = ratio(target_px + pred_px, 2.0), ratio(pred_px), ratio(target_px)
         total = target_px.sum()
         return {
             "pixel_acc": (hits.sum() / total).item(),
             "mean_acc": acc.nanmean().item(),
             "miou": iou.nanmean().item(),
             "fwiou": ((target_px * iou.nan_to_num(0.0)).sum() / total).item(),
+            "mean_dice": dice.nanmean().item(),
+            "mean_precision": precision.nanmean().item(),
+            "mean_recall": recall.nanmean().item(),
             "iou": iou.tolist(),
             "acc": acc.tolist(),
+            "dice": dice.tolist(),
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
         }
 
 
@@ -140,9 +175,10 @@ def image_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignor
 def format_table(result: dict, class_names: list[str]) -> str:
     """Markdown table of a :meth:`SegmentationMetrics.compute` result, values in percent.
 
-    One row per class (IoU, accuracy), then the means (``miou``, ``mean_acc``) and the
-    frequency-weighted means (``fwiou``, ``pixel_acc`` — pixel accuracy is per-class accuracy
-    weighted by target frequency). Excluded classes show ``n/a``.
+    One row per class (IoU, accuracy, Dice/F1, precision, recall), then the means (``miou``,
+    ``mean_acc``, ``mean_dice``, ``mean_precision``, ``mean_recall``) and the frequency-weighted means
+    (``fwiou``, ``pixel_acc`` — pixel accuracy is per-class accuracy weighted by target frequency).
+    Excluded classes show ``n/a``.
     """
     if len(class_names) != len(result["iou"]):
         raise ValueError(f"{len(class_names)} class names for {len(result['iou'])} classes")
@@ -150,10 +186,14 @@ def format_table(result: dict, class_names: list[str]) -> str:
     def pct(x: float) -> str:
         return "n/a" if math.isnan(x) else f"{100 * x:.2f}"
 
-    lines = ["| class | IoU (%) | accuracy (%) |", "|:---|---:|---:|"]
-    for name, iou, acc in zip(class_names, result["iou"], result["acc"]):
-        lines.append(f"| {str(name).replace('|', '&#124;')} | {pct(iou)} | {pct(acc)} |")
-    lines.append(f"| **mean** (miou, mean_acc) | {pct(result['miou'])} | {pct(result['mean_acc'])} |")
+    per_class = ("iou", "acc", "dice", "precision", "recall")
+    means = ("miou", "mean_acc", "mean_dice", "mean_precision", "mean_recall")
+    lines = ["| class | IoU (%) | accuracy (%) | Dice/F1 (%) | precision (%) | recall (%) |",
+             "|:---|---:|---:|---:|---:|---:|"]
+    for index, name in enumerate(class_names):
+        cells = " | ".join(pct(result[key][index]) for key in per_class)
+        lines.append(f"| {str(name).replace('|', '&#124;')} | {cells} |")
+    lines.append(f"| **mean** ({', '.join(means)}) | {' | '.join(pct(result[key]) for key in means)} |")
     lines.append(f"| **frequency-weighted** (fwiou, pixel_acc) | {pct(result['fwiou'])} "
-                 f"| {pct(result['pixel_acc'])} |")
+                 f"| {pct(result['pixel_acc'])} | | | |")
     return "\n".join(lines)
