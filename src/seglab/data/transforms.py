@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
@@ -102,24 +103,90 @@ class SanitizeInstances(torch.nn.Module):
         return image, {**target, **self.sanitize(instances)}
 
 
+class RandomRotate(torch.nn.Module):
+    """Rotate ``(image, target)`` by one angle a ~ U(-degrees, degrees) (or U(low, high) for a pair),
+    counter-clockwise about the image centre, keeping the canvas size (mmsegmentation's RandomRotate).
+
+    The image is interpolated bilinearly and filled with 0 where the rotation brings in new pixels; the
+    masks use nearest neighbours (no new label values), the semantic ``"mask"`` filled with ``ignore_index``
+    and the instance ``"masks"`` with 0. Boxes are recomputed from the rotated instance masks (tight, with
+    the datasets' exclusive x2/y2) and instances left empty are dropped with their per-instance values
+    (v2's rotation of a box would give the loose box of the rotated box); boxes without masks are rotated
+    by v2 and clamped. The angle is drawn from the torch RNG only (``engine.sampler.SeededTransforms``).
+    """
+
+    def __init__(self, degrees: float | Sequence[float], ignore_index: int = IGNORE_INDEX,
+                 interpolation: v2.InterpolationMode = v2.InterpolationMode.BILINEAR):
+        super().__init__()
+        low, high = (-float(degrees), float(degrees)) if isinstance(degrees, (int, float)) else map(float, degrees)
+        if low > high:
+            raise ValueError(f"degrees expects a non-negative number or a pair (low, high), got {degrees!r}")
+        self.degrees, self.ignore_index, self.interpolation = (low, high), ignore_index, interpolation
+
+    def extra_repr(self) -> str:
+        return f"degrees={self.degrees}, ignore_index={self.ignore_index}"
+
+    def forward(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        low, high = self.degrees
+        angle = low + (high - low) * torch.rand(()).item()
+        image = F.rotate(image, angle, interpolation=self.interpolation, fill=0)
+        out = dict(target)
+        for key, fill in (("mask", self.ignore_index), ("masks", 0)):
+            if key in target:
+                mask = target[key] if isinstance(target[key], tv_tensors.Mask) else tv_tensors.Mask(target[key])
+                out[key] = F.rotate(mask, angle, fill=fill)  # a Mask: nearest neighbours
+        if "boxes" in target and "masks" in target:
+            masks = out["masks"]
+            keep = (masks.flatten(1) != 0).any(1)
+            masks = tv_tensors.Mask(masks.as_subclass(torch.Tensor)[keep])
+            boxes = masks_to_boxes(masks.as_subclass(torch.Tensor)) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+            old = target["boxes"]
+            out["boxes"] = tv_tensors.BoundingBoxes(boxes.to(old.dtype), format=tv_tensors.BoundingBoxFormat.XYXY,
+                                                    canvas_size=tuple(masks.shape[-2:]))
+            if old.format != tv_tensors.BoundingBoxFormat.XYXY:
+                out["boxes"] = F.convert_bounding_box_format(out["boxes"], new_format=old.format)
+            out["masks"] = masks
+            for key in _PER_INSTANCE:
+                if key in target:
+                    out[key] = target[key][keep]
+        elif "boxes" in target:
+            out["boxes"] = F.clamp_bounding_boxes(F.rotate(target["boxes"], angle))
+        return image, out
+
+
 def train_transforms(
     crop_size: int | Sequence[int],
     scale_range: tuple[float, float] = (0.5, 2.0),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     hflip: bool = True,
+    rotate: float = 0.0,
+    color_jitter: Sequence[float] | None = None,
 ) -> v2.Compose:
-    """Random scale, pad (ignore for the semantic mask) and random crop to ``crop_size`` (h, w) pixels,
-    horizontal flip, drop instances left empty, then image -> float32 in [0, 1] -> (x - mean) / std."""
+    """Random scale, random rotation of up to ± ``rotate`` degrees (``RandomRotate``; 0: none), pad (ignore for
+    the semantic mask) and random crop to ``crop_size`` (h, w) pixels, horizontal flip, colour jitter of the
+    image only (``color_jitter`` = brightness, contrast, saturation, hue of v2.ColorJitter; None: none), drop
+    instances left empty, then image -> float32 in [0, 1] -> (x - mean) / std."""
     crop = pair(crop_size, "crop_size")
     steps = [
         RandomScale(scale_range),
+        *([RandomRotate(rotate)] if rotate else []),
         PadToSize(crop),
         v2.RandomCrop(crop),
         *([v2.RandomHorizontalFlip()] if hflip else []),
+        *([color_jitter_transform(color_jitter)] if color_jitter is not None else []),
         SanitizeInstances(),
     ]
     return v2.Compose(steps + eval_transforms(mean, std).transforms)
+
+
+def color_jitter_transform(values: Sequence[float]) -> v2.ColorJitter:
+    """v2.ColorJitter(brightness, contrast, saturation, hue) from 4 numbers (hue <= 0.5); it changes the image
+    only (masks and boxes pass through) and draws from the torch RNG only."""
+    if len(values) != 4:
+        raise ValueError(f"color_jitter expects 4 numbers (brightness contrast saturation hue), got {values!r}")
+    brightness, contrast, saturation, hue = (float(v) for v in values)
+    return v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
 
 
 def eval_transforms(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:

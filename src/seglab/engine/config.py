@@ -95,6 +95,13 @@ class TrainConfig:
                                            "models, segm_AP (COCO mask AP) for instance models)")
     resume: bool = option(False, "continue the run in --out from its last.pt")
     stop_at: int | None = option(None, "stop after this step with a checkpoint (e.g. a job's time limit)")
+    ema: float | None = option(None, "DECAY: also keep an exponential moving average of the weights (parameters "
+                                     "and buffers; torch's AveragedModel EMA), updated after every optimiser step; "
+                                     "validation and best.pt use it (e.g. 0.999)")
+    early_stop: int | None = option(None, "PATIENCE: stop when --best-metric has not improved for this many "
+                                          "validations (needs --val-every)")
+    logger: str | None = option(None, "tensorboard (as --tensorboard) | mlflow: an MLflow run in RUN_DIR/mlruns "
+                                      "(pip install 'seglab[mlflow]')")
 
     def __post_init__(self):
         # the loss options that need no data are checked here, before any dataset is read (one-line ValueErrors)
@@ -107,6 +114,17 @@ class TrainConfig:
                 raise ValueError(f"loss_weights: {self.loss_weights!r} are not numbers") from None
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing: {self.label_smoothing} is outside [0, 1)")
+        # the training-loop options that need no data
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise ValueError(f"ema: decay {self.ema} is outside [0, 1)")
+        if self.early_stop is not None:
+            if self.early_stop < 1:
+                raise ValueError(f"early_stop: patience {self.early_stop} must be >= 1 (validations)")
+            if not self.val_every or not self.val_split:
+                raise ValueError(f"early_stop: --early-stop {self.early_stop} needs --val-every N and a validation "
+                                 f"split (the patience is counted in validations)")
+        if self.logger not in (None, "tensorboard", "mlflow"):
+            raise ValueError(f"logger: {self.logger!r} is not one of tensorboard, mlflow")
 
     def model_kwargs(self) -> dict:
         """Keyword options for ``seglab.models.create``."""
