@@ -39,7 +39,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif typing.get_origin(kind) is tuple:
             parser.add_argument(flag, type=float, nargs=2, default=None, metavar=("MIN", "MAX"), help=help)
         elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, nargs="+", default=None, metavar="NAME", help=help)
+            numbers = typing.get_args(kind) == (float,)  # list[float]: numbers (e.g. --color-jitter 0.4 0.4 0.4 0.1)
+            parser.add_argument(flag, nargs="+", type=float if numbers else str, default=None,
+                                metavar="X" if numbers else "NAME", help=help)
         else:
             parser.add_argument(flag, type=kind, default=None, help=help)
 

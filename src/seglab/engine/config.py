@@ -47,6 +47,9 @@ class TrainConfig:
     crop_size: int | None = option(None, "semantic models: training crop side in pixels (default: image size)")
     scale_range: tuple[float, float] = option((0.5, 2.0), "semantic models: random rescale range (min max)")
     hflip: bool = option(True, "random horizontal flips")
+    color_jitter: list[float] | None = option(None, "brightness contrast saturation hue jitter (torchvision "
+                                                    "ColorJitter): 4 numbers, e.g. 0.4 0.4 0.4 0.1")
+    rotate: float = option(0.0, "random rotation of up to ± this many degrees (mask fill 255: ignore)")
     num_train: int | None = option(None, "Shapes training images (default 1000)")
     num_val: int | None = option(None, "Shapes validation images (default 200)")
     train_split: str = option("train", "split trained on")
@@ -114,6 +117,16 @@ class TrainConfig:
                 raise ValueError(f"loss_weights: {self.loss_weights!r} are not numbers") from None
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing: {self.label_smoothing} is outside [0, 1)")
+        if self.color_jitter is not None:
+            try:  # a YAML file may give strings
+                self.color_jitter = [float(v) for v in self.color_jitter]
+            except (TypeError, ValueError):
+                raise ValueError(f"color_jitter: {self.color_jitter!r} are not numbers") from None
+            if len(self.color_jitter) != 4 or min(self.color_jitter) < 0 or self.color_jitter[3] > 0.5:
+                raise ValueError(f"color_jitter: {self.color_jitter} must be 4 non-negative numbers (brightness "
+                                 f"contrast saturation hue), hue <= 0.5")
+        if not self.rotate >= 0:
+            raise ValueError(f"rotate: {self.rotate} must be >= 0 degrees")
         # the training-loop options that need no data
         if self.ema is not None and not 0 <= self.ema < 1:
             raise ValueError(f"ema: decay {self.ema} is outside [0, 1)")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .. import report, viz
 from ..data.coco_format import instance_annotations
 from ..data.images import read_image
+from ..data.transforms import RandomRotate, color_jitter_transform
 from ..metrics.coco import IOU_TYPES, coco_results, evaluate_coco, format_coco_table
 from ..models.base import model_device
 from . import distributed
@@ -53,10 +54,16 @@ def model_options(config, classes: Sequence[str]) -> dict:
 
 
 def train_transforms(config, meta: dict | None = None) -> v2.Compose:
-    """Training augmentation: horizontal flip (``config.hflip``; boxes and masks follow), image -> float32 in
-    [0, 1] (the model normalises and resizes itself, so ``meta`` is not needed)."""
-    flip = [v2.RandomHorizontalFlip()] if config.hflip else []
-    return v2.Compose([*flip, v2.ToDtype(torch.float32, scale=True)])
+    """Training augmentation: horizontal flip (``config.hflip``; boxes and masks follow), rotation
+    (``config.rotate``: boxes recomputed from the rotated masks, instances left empty dropped), colour jitter
+    (``config.color_jitter``, the image only), image -> float32 in [0, 1] (the model normalises and resizes
+    itself, so ``meta`` is not needed)."""
+    steps = [v2.RandomHorizontalFlip()] if config.hflip else []
+    if config.rotate:
+        steps.append(RandomRotate(config.rotate))
+    if config.color_jitter is not None:
+        steps.append(color_jitter_transform(config.color_jitter))
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)])
 
 
 def collate(batch: Sequence[tuple]) -> tuple[list[torch.Tensor], list[dict]]:

@@ -43,10 +43,12 @@ def model_options(config, classes: Sequence[str]) -> dict:
 
 
 def train_transforms(config, meta: dict):
-    """Random scale, crop to ``crop_size`` (default ``image_size``) and flip; float images normalised with the
-    model's ``meta`` mean/std (those its weights expect)."""
+    """Random scale, rotation (``config.rotate``; the mask filled with 255), crop to ``crop_size`` (default
+    ``image_size``), flip and colour jitter (``config.color_jitter``, the image only); float images normalised
+    with the model's ``meta`` mean/std (those its weights expect)."""
     return data.train_transforms(config.crop_size or config.image_size, scale_range=config.scale_range,
-                                 mean=meta["mean"], std=meta["std"], hflip=config.hflip)
+                                 mean=meta["mean"], std=meta["std"], hflip=config.hflip, rotate=config.rotate,
+                                 color_jitter=config.color_jitter)
 
 
 def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:

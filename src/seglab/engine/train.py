@@ -8,7 +8,16 @@ by COCO mask AP (``engine.instance``).
 Under torchrun the same loop runs data-parallel (``engine.distributed``): DistributedDataParallel, each
 process a slice of every global batch, the cross-entropy normalised by the global count of labelled
 pixels (so N processes give the weights of one process with the N-times batch), metrics reduced across
-processes, and only rank 0 writing logs, plots and checkpoints."""
+processes, and only rank 0 writing logs, plots and checkpoints.
+
+``--ema DECAY`` keeps an exponential moving average of the weights with torch's own
+``AveragedModel(get_ema_multi_avg_fn(DECAY), use_buffers=True)``: after the first optimiser step it is a
+copy of the weights, after every later one ``ema = DECAY * ema + (1 - DECAY) * weights``, for the parameters and
+the floating-point buffers (BatchNorm statistics) alike; integer buffers (``num_batches_tracked``) are copied.
+Validation and ``best.pt`` use the average; ``last.pt`` holds both (``"model"`` and ``"ema"``). Under torchrun
+every process averages its unwrapped model, and rank 0's averaged buffers are broadcast after each update so
+that the average is the same everywhere. ``--early-stop PATIENCE`` stops after PATIENCE validations without
+an improvement of ``--best-metric``; the count is in ``last.pt``."""
 from __future__ import annotations
 
 import contextlib
@@ -22,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from torchvision.ops.misc import FrozenBatchNorm2d
 from tqdm import tqdm
@@ -77,7 +87,8 @@ class Trainer:
         self.main = distributed.is_main()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.events = self._event_writer() if config.tensorboard else None
+        self.events = self._event_writer() if config.tensorboard or config.logger == "tensorboard" else None
+        self.mlflow = MlflowRun.check() if config.logger == "mlflow" else None  # started once the config is final
         seed_everything(config.seed)
         self.train_set, self.val_set, self.num_classes = build_datasets(config)
         self.task = task_module({"model": config.model})
@@ -93,6 +104,9 @@ class Trainer:
         if config.frozen_bn:
             frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in self.model.modules())
             self._say(f"seglab: {frozen} BatchNorm layers frozen (FrozenBatchNorm2d: fixed statistics and affine)")
+        # the average of the unwrapped model, made before DDP wraps it (identical on every process)
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) \
+            if config.ema is not None else None
         self.trained = self.model  # what the loop calls: the model, or under torchrun its DDP wrapper
         if distributed.active():
             self.trained = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
@@ -104,7 +118,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.total, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
         self.step, self.best, self.skipped = 0, -float("inf"), 0
-        self.stop_requested = False
+        self.stale = 0  # validations since --best-metric last improved (--early-stop)
+        self.stop_requested, self.stopped_early = False, False
+        self.mlflow_run: str | None = None  # the MLflow run id, kept in last.pt so that --resume continues it
         built = self.model.meta  # options the weights needed, and the input normalisation they expect
         self.meta = model_meta(config.model, self.num_classes, built["options"], classes=self.train_set.classes,
                                palette=self.train_set.palette, mean=built["mean"], std=built["std"])
@@ -113,6 +129,11 @@ class Trainer:
             self._resume()
         if self.main:
             save_config(config, self.out / "config.yaml")
+            if self.mlflow is not None:
+                self.mlflow = MlflowRun(self.out, config.to_dict(), self.mlflow_run)
+                self.mlflow_run = self.mlflow.run_id
+        elif self.mlflow is not None:
+            self.mlflow = None  # rank 0 logs
 
     def _say(self, message: str) -> None:
         if self.main:
@@ -129,17 +150,30 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {
+        state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "step": self.step, "epoch": self.step // max(self.batches_per_epoch, 1), "best": self.best,
-            "skipped": self.skipped, "config": self.config.to_dict(), "meta": self.meta,
+            "skipped": self.skipped, "stale": self.stale, "config": self.config.to_dict(), "meta": self.meta,
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()  # AveragedModel's: "module.*" and "n_averaged"
+        if self.mlflow_run is not None:
+            state["mlflow_run"] = self.mlflow_run
+        return state
+
+    def evaluated_model(self) -> torch.nn.Module:
+        """What validation evaluates and ``best.pt`` keeps: the EMA weights with ``--ema``, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
     def save(self, name: str) -> None:
-        """Write ``name`` (``last.pt`` / ``best.pt``) in the run directory: rank 0 only, atomically."""
+        """Write ``name`` (``last.pt`` / ``best.pt``) in the run directory: rank 0 only, atomically. ``best.pt``
+        holds the evaluated weights as its ``"model"`` (the EMA with ``--ema``), so that ``models.load`` gives them."""
         if self.main:
-            save_checkpoint(self.state(), self.out / name)
+            state = self.state()
+            if name == "best.pt":
+                state["model"] = self.evaluated_model().state_dict()
+            save_checkpoint(state, self.out / name)
 
     def _resume(self) -> None:
         path = self.out / "last.pt"
@@ -153,6 +187,12 @@ class Trainer:
         self.scaler.load_state_dict(checkpoint["scaler"])
         set_rng_state(checkpoint["rng"])
         self.step, self.best, self.skipped = checkpoint["step"], checkpoint["best"], checkpoint.get("skipped", 0)
+        self.stale, self.mlflow_run = checkpoint.get("stale", 0), checkpoint.get("mlflow_run")
+        if self.ema is not None:
+            if "ema" in checkpoint:
+                self.ema.load_state_dict(checkpoint["ema"])
+            else:
+                self._say(f"seglab: --resume: {path} has no EMA; the average starts at the next step")
         self._say(f"seglab: resumed from {path} at step {self.step}")
 
     # -- loop ------------------------------------------------------------------------------------------
@@ -177,9 +217,11 @@ class Trainer:
             for key, value in record.items():
                 if key not in ("step", "time"):
                     self.events.add_scalar(key, value, record["step"])
+        if self.mlflow is not None:
+            self.mlflow.log(record)
 
     def validate(self) -> dict:
-        result, visuals = self.task.evaluate(self.model, self.val_set, self.meta, progress=self.main)
+        result, visuals = self.task.evaluate(self.evaluated_model(), self.val_set, self.meta, progress=self.main)
         summary = self.task.summary(result)
         self._log({"step": self.step, **{f"val/{k}": v for k, v in summary.items()}})
         if self.events is not None and visuals:
@@ -189,8 +231,10 @@ class Trainer:
             raise ValueError(f"best_metric {self.best_metric!r} is not a validation metric; one of {sorted(summary)}")
         metric = summary[self.best_metric]
         if metric > self.best:
-            self.best = metric
+            self.best, self.stale = metric, 0
             self.save("best.pt")
+        else:
+            self.stale += 1
         self.last_result, self.last_visuals = result, visuals
         return result
 
@@ -244,6 +288,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._say(f"seglab: {what} at step {self.step + 1}: step skipped ({self.skipped} so far)")
 
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """One EMA update after an optimiser step (integer buffers copied); under torchrun rank 0's averaged
+        buffers go to every process (the parameters are already the same everywhere)."""
+        self.ema.update_parameters(self.model)
+        for averaged, current in zip(self.ema.module.buffers(), self.model.buffers()):
+            if not (averaged.is_floating_point() or averaged.is_complex()):
+                averaged.copy_(current)
+        if distributed.active():
+            for buffer in self.ema.module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
+    def _patience_spent(self) -> bool:
+        return self.config.early_stop is not None and self.stale >= self.config.early_stop
+
     @contextlib.contextmanager
     def _stop_on_signals(self):
         """SIGINT/SIGTERM ask the loop to stop after the current step (with a checkpoint)."""
@@ -268,11 +327,13 @@ class Trainer:
                         disable=not self.main)
         result, started = None, time.perf_counter()
         with self._stop_on_signals():
-            while self.step < end and not self.stop_requested:
+            while self.step < end and not self.stop_requested and not self._patience_spent():
                 loss_value, finite = self.train_step([next(batches) for _ in range(config.accumulate)])
                 if finite:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
+                    if self.ema is not None:
+                        self._update_ema()
                 else:
                     self._nonfinite(loss_value)
                 self.scheduler.step()
@@ -285,6 +346,7 @@ class Trainer:
                                "time": round(time.perf_counter() - started, 2)})
                 if config.val_every and self.step % config.val_every == 0 and self.val_set is not None:
                     result = self.validate()
+                    self.stopped_early = self._patience_spent()
                 if config.ckpt_every and self.step % config.ckpt_every == 0 and self.step < end:
                     self.save("last.pt")
         progress.close()
@@ -292,7 +354,17 @@ class Trainer:
             self.save("last.pt")
             self._say(f"seglab: stopped by a signal at step {self.step}; {self.out / 'last.pt'} saved, "
                       f"continue with --resume")
+            if self.mlflow is not None:
+                self.mlflow.end("KILLED")
             return result
+        if self._patience_spent():
+            if not self.stopped_early:  # resumed a run that had already stopped early
+                self._say(f"seglab: early stop: the run in {self.out} already stopped at step {self.step}")
+                return result
+            self._say(f"seglab: early stop at step {self.step}: {self.best_metric} has not improved for "
+                      f"{self.stale} validations (--early-stop {config.early_stop}; best {self.best:.4f}); "
+                      f"{self.out / 'last.pt'} saved")
+            self._log({"step": self.step, "early_stop": 1})
         validated_last_step = config.val_every and self.step % config.val_every == 0
         if self.step >= self.total and self.val_set is not None and not validated_last_step:
             result = self.validate()
@@ -302,6 +374,8 @@ class Trainer:
             if result is not None:
                 tqdm.write(self.task.write_report(result, self.last_visuals, self.meta, self.out / "eval",
                                                   config=self.config.to_dict(), run_dir=self.out))
+            if self.mlflow is not None:
+                self.mlflow.finish(self.out / "curves.png", self.out / "eval")
         return result
 
 
@@ -311,6 +385,80 @@ def train(config: TrainConfig) -> dict | None:
     try:
         trainer = Trainer(config)
         with trainer.events or contextlib.nullcontext():  # closing the TensorBoard writer flushes it
-            return trainer.run()
+            try:
+                return trainer.run()
+            except BaseException:
+                if trainer.mlflow is not None:
+                    trainer.mlflow.end("FAILED")
+                raise
     finally:
         distributed.cleanup()
+
+
+class MlflowRun:
+    """The run's MLflow record (rank 0): a local file store ``RUN_DIR/mlruns`` (experiment ``seglab``), the
+    config as params, every ``metrics.jsonl`` record as metrics at its step, ``curves.png`` and the eval report
+    as artifacts at the end. ``--resume`` continues the run whose id ``last.pt`` holds."""
+
+    @staticmethod
+    def check() -> None:
+        """A one-line error when mlflow is missing (before any data is read)."""
+        try:
+            import mlflow.tracking  # noqa: F401
+        except ImportError as error:
+            raise ValueError("mlflow (--logger mlflow) needs the mlflow package: pip install 'seglab[mlflow]'") \
+                from error
+
+    def __init__(self, out: Path, config: dict, run_id: str | None = None):
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = (Path(out) / "mlruns").resolve().as_uri()
+        self.client = MlflowClient(self.tracking_uri)
+        if run_id is not None and self._exists(run_id):
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return
+        experiment = self.client.get_experiment_by_name("seglab")
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment("seglab")
+        self.run_id = self.client.create_run(experiment_id, run_name=Path(out).resolve().name).info.run_id
+        params = [Param(key, str(value)[:6000]) for key, value in _flat(config).items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=params[start:start + 100])
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+            return True
+        except Exception:  # MlflowException: not in this store (e.g. a copied run directory)
+            return False
+
+    def log(self, record: dict) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, int(record["step"])) for key, value in record.items()
+                   if key != "step" and isinstance(value, (int, float))]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def finish(self, curves: Path, report: Path) -> None:
+        if curves.is_file():
+            self.client.log_artifact(self.run_id, str(curves))
+        if report.is_dir():
+            self.client.log_artifacts(self.run_id, str(report), "eval")
+        self.end("FINISHED")
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """``{"model_options": {"padding": "same"}}`` → ``{"model_options.padding": "same"}``."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
