@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
 
 from seglab.data import IMAGENET_MEAN, IMAGENET_STD, Shapes, eval_transforms, train_transforms
-from seglab.data.transforms import PadToSize, pair
+from seglab.data.transforms import PadToSize, RandomRotate, color_jitter_transform, pair
+from seglab.engine.sampler import SeededTransforms
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -124,3 +126,97 @@ def test_pair_accepts_an_int_or_one_or_two_positive_ints_and_names_a_bad_value()
         PadToSize((4, -1))
     with pytest.raises(ValueError, match="^crop_size expects"):
         train_transforms(0)
+
+
+def hand_made(size=8):
+    """A square uint8 image, a semantic mask with ids 0..2 and 255, two instance masks (one in a corner)."""
+    generator = torch.Generator().manual_seed(0)
+    image = tv_tensors.Image(torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator))
+    mask = torch.randint(0, 3, (size, size), generator=generator)
+    mask[0, 1] = 255
+    masks = torch.zeros(2, size, size, dtype=torch.uint8)
+    masks[0, 2:5, 1:7] = 1
+    masks[1, 0, 0] = 1
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[1.0, 2, 7, 5], [0, 0, 1, 1]]), format="XYXY",
+                                     canvas_size=(size, size))
+    return image, {"mask": tv_tensors.Mask(mask), "masks": tv_tensors.Mask(masks), "boxes": boxes,
+                   "labels": torch.tensor([1, 2]), "iscrowd": torch.tensor([0, 1])}
+
+
+def tight_boxes(masks):
+    return masks_to_boxes(masks.as_subclass(torch.Tensor)) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+
+
+def test_a_rotation_by_90_degrees_is_rot90_of_image_and_masks_with_boxes_from_the_masks():
+    image, target = hand_made()
+    out_image, out = RandomRotate((90, 90))(image, target)
+    assert type(out_image) is tv_tensors.Image and torch.equal(out_image, torch.rot90(image, 1, (-2, -1)))
+    assert type(out["mask"]) is tv_tensors.Mask and torch.equal(out["mask"], torch.rot90(target["mask"], 1, (-2, -1)))
+    assert torch.equal(out["masks"], torch.rot90(target["masks"], 1, (-2, -1)))
+    assert type(out["boxes"]) is tv_tensors.BoundingBoxes and out["boxes"].canvas_size == (8, 8)
+    assert out["boxes"].tolist() == [[2.0, 1.0, 5.0, 7.0], [0.0, 7.0, 1.0, 8.0]]
+    assert torch.equal(out["labels"], target["labels"]) and torch.equal(out["iscrowd"], target["iscrowd"])
+
+
+def test_a_30_degree_rotation_fills_the_mask_corners_with_ignore_and_invents_no_class_ids(sample):
+    image, target = copy(sample)
+    labels = set(target["mask"].unique().tolist())
+    out_image, out = RandomRotate((30, 30))(image, target)
+    mask = out["mask"]
+    assert mask.dtype == torch.int64 and mask.shape == target["mask"].shape
+    assert all(mask[r, c] == 255 for r in (0, -1) for c in (0, -1))
+    assert set(mask.unique().tolist()) <= labels | {255} and (mask != 255).float().mean() > 0.7
+    assert all(out_image[:, r, c].eq(0).all() for r in (0, -1) for c in (0, -1))  # image fill 0
+    assert set(out["masks"].unique().tolist()) <= {0, 1} and out["masks"][:, 0, 0].eq(0).all()  # instance fill 0
+    torch.testing.assert_close(out["boxes"].as_subclass(torch.Tensor), tight_boxes(out["masks"]))
+
+
+def test_instances_rotated_out_of_the_image_are_dropped_with_their_labels():
+    image, target = hand_made(16)
+    _, out = RandomRotate((45, 45))(image, target)  # the corner pixel leaves the canvas
+    assert len(out["masks"]) == len(out["boxes"]) == 1 and out["labels"].tolist() == [1]
+    assert out["iscrowd"].tolist() == [0] and out["masks"].flatten(1).any(1).all()
+    torch.testing.assert_close(out["boxes"].as_subclass(torch.Tensor), tight_boxes(out["masks"]))
+
+
+def test_color_jitter_changes_the_image_only_and_is_reproducible_per_seed(sample):
+    jitter = color_jitter_transform([0.4, 0.4, 0.4, 0.1])
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        runs.append(jitter(*copy(sample)))
+    (a, target_a), (b, target_b), (c, _) = runs
+    assert type(a) is tv_tensors.Image and a.dtype == torch.uint8
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, sample[0])
+    for key, value in sample[1].items():
+        assert torch.equal(target_a[key], value) and type(target_a[key]) is type(value)
+    with pytest.raises(ValueError, match="^color_jitter expects 4 numbers"):
+        color_jitter_transform([0.1, 0.2])
+
+
+def test_the_same_key_gives_the_same_augmented_sample_whatever_python_and_numpy_rngs_hold():
+    import random
+
+    transforms = train_transforms(48, rotate=20, color_jitter=[0.3, 0.3, 0.3, 0.05])
+    dataset = SeededTransforms(Shapes("train", 3, image_size=64, seed=1), transforms, seed=7)
+    samples = []
+    for other_seed in (1, 2):  # only the torch RNG seeded by SeededTransforms may drive the draws
+        random.seed(other_seed)
+        np.random.seed(other_seed)
+        samples.append(dataset[(2, 1)])
+    (a, target_a), (b, target_b) = samples
+    assert torch.equal(a, b) and set(target_a) == set(target_b)
+    assert all(torch.equal(target_a[key], target_b[key]) for key in target_a)
+    other, _ = dataset[(3, 1)]
+    assert not torch.equal(a, other)
+    state = torch.get_rng_state()
+    dataset[(2, 1)]
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_boxes_without_masks_are_rotated_by_v2_clamped_and_dropped_when_empty():
+    image = tv_tensors.Image(torch.zeros(3, 16, 16, dtype=torch.uint8))
+    boxes = tv_tensors.BoundingBoxes(torch.tensor([[0.0, 0, 1, 1], [4, 4, 6, 8]]), format="XYWH", canvas_size=(16, 16))
+    _, out = RandomRotate((45, 45))(image, {"boxes": boxes, "labels": torch.tensor([1, 2])})
+    assert out["labels"].tolist() == [2] and out["boxes"].format == tv_tensors.BoundingBoxFormat.XYWH
+    assert out["boxes"].shape == (1, 4) and (out["boxes"][:, 2:] > 6).all()  # the loose box of the rotated box

@@ -18,6 +18,8 @@ from seglab.io import safe_load as load_checkpoint
 
 FAULTY = str(Path(__file__).with_name("faulty_train.py"))
 ITERS = 30
+# the EMA and the early-stop patience counter must resume exactly too (validation every 5 steps)
+EMA_EARLY_STOP = ("--ema", "0.9", "--early-stop", "100", "--val-every", "5", "--val-split", "val", "--num-val", "4")
 
 
 def train_args(out, *extra):
@@ -39,9 +41,9 @@ def logged_step(run_dir: Path) -> int:
     return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
 
 
-def interrupt_at(run_dir: Path, step: int, sig: int) -> subprocess.Popen:
+def interrupt_at(run_dir: Path, step: int, sig: int, *extra) -> subprocess.Popen:
     """Start training, send ``sig`` once ``step`` is logged, wait for the process to end."""
-    process = subprocess.Popen([sys.executable, "-m", "seglab", *train_args(run_dir)], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "seglab", *train_args(run_dir, *extra)], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     while logged_step(run_dir) < step and process.poll() is None:
         time.sleep(0.02)
@@ -55,30 +57,56 @@ def assert_same_weights(run_dir: Path, reference: Path) -> None:
     assert ours["step"] == theirs["step"] == ITERS
     for key, value in theirs["model"].items():
         assert torch.equal(ours["model"][key], value), key
+    assert ("ema" in ours) == ("ema" in theirs)
+    for key, value in theirs.get("ema", {}).items():
+        assert torch.equal(ours["ema"][key], value), f"ema {key}"
+    assert ours["stale"] == theirs["stale"] and ours["best"] == theirs["best"]
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    out = tmp_path_factory.mktemp("straight") / "run"
-    result = seglab(*train_args(out))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def straight_with(tmp_path_factory):
+    """The uninterrupted run with these extra flags (each trained once per module)."""
+    runs = {}
+
+    def run(*extra):
+        if extra not in runs:
+            out = tmp_path_factory.mktemp("straight") / "run"
+            result = seglab(*train_args(out, *extra))
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[extra] = out
+        return runs[extra]
+
+    return run
 
 
-def resume(run_dir: Path) -> None:
-    result = seglab(*train_args(run_dir, "--resume"))
+@pytest.fixture(scope="module")
+def straight(straight_with):
+    return straight_with()
+
+
+def resume(run_dir: Path, *extra) -> None:
+    result = seglab(*train_args(run_dir, *extra, "--resume"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stdout + result.stderr
 
 
-def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(straight, tmp_path):
+@pytest.mark.parametrize("extra", [(), EMA_EARLY_STOP], ids=["plain", "ema-early-stop"])
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_weights(straight_with, tmp_path, extra):
+    reference = straight_with(*extra)
     step = random.Random().randint(2, ITERS - 5)
-    process = interrupt_at(tmp_path / "run", step, signal.SIGKILL)
+    process = interrupt_at(tmp_path / "run", step, signal.SIGKILL, *extra)
     assert process.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(tmp_path / "run" / "last.pt")["step"]
-    assert step - 1 <= killed_at < ITERS, f"killed at step {step}"  # the log line comes just before the save
-    resume(tmp_path / "run")
-    assert_same_weights(tmp_path / "run", straight)
+    killed = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert step - 1 <= killed["step"] < ITERS, f"killed at step {step}"  # the log line comes just before the save
+    assert ("ema" in killed) == bool(extra)
+    resume(tmp_path / "run", *extra)
+    assert_same_weights(tmp_path / "run", reference)
+    if extra:  # validations at 5, 10, ..., 30 evaluated the EMA; best.pt holds it
+        best = load_checkpoint(tmp_path / "run" / "best.pt")
+        reference_best = load_checkpoint(reference / "best.pt")
+        assert best["step"] == reference_best["step"]
+        for key, value in reference_best["model"].items():
+            assert torch.equal(best["model"][key], value), key
 
 
 def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(straight, tmp_path):

@@ -58,3 +58,24 @@ def test_collate_keeps_images_apart_and_cuts_targets_to_what_the_model_reads():
     for image, target in zip(images, targets):
         assert set(target) == {"boxes", "labels", "masks"} and target["masks"].shape[-2:] == image.shape[-2:]
     assert collate([]) == ([], [])
+
+
+def test_rotation_recomputes_each_box_from_its_rotated_mask_and_jitter_leaves_the_targets():
+    from torchvision.ops import masks_to_boxes
+
+    shapes = Shapes("train", 4, image_size=48)
+    config = TrainConfig(rotate=30, color_jitter=[0.2, 0.2, 0.2, 0.05], hflip=False)
+    dataset = SeededTransforms(shapes, train_transforms(config), seed=0)
+    rotated = 0
+    for index in range(4):
+        image, target = dataset[(0, index)]
+        assert image.dtype == torch.float32 and image.shape == (3, 48, 48)
+        assert len(target["boxes"]) == len(target["labels"]) == len(target["masks"]) > 0
+        assert target["masks"].flatten(1).any(1).all()  # instances left empty are dropped
+        expected = masks_to_boxes(target["masks"]) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+        torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), expected)
+        rotated += not torch.equal(target["mask"], shapes[index][1]["mask"])
+        assert (target["mask"] == 255).any()  # the corners brought in are ignored
+    assert rotated == 4
+    images, targets = collate([dataset[(0, 0)], dataset[(0, 1)]])
+    assert set(targets[0]) == {"boxes", "labels", "masks"}

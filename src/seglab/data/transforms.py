@@ -112,7 +112,7 @@ class RandomRotate(torch.nn.Module):
     and the instance ``"masks"`` with 0. Boxes are recomputed from the rotated instance masks (tight, with
     the datasets' exclusive x2/y2) and instances left empty are dropped with their per-instance values
     (v2's rotation of a box would give the loose box of the rotated box); boxes without masks are rotated
-    by v2 and clamped. The angle is drawn from the torch RNG only (``engine.sampler.SeededTransforms``).
+    by v2 (that loose box), clamped, and dropped when empty. The angle is drawn from the torch RNG only (``engine.sampler.SeededTransforms``).
     """
 
     def __init__(self, degrees: float | Sequence[float], ignore_index: int = IGNORE_INDEX,
@@ -149,8 +149,15 @@ class RandomRotate(torch.nn.Module):
             for key in _PER_INSTANCE:
                 if key in target:
                     out[key] = target[key][keep]
-        elif "boxes" in target:
-            out["boxes"] = F.clamp_bounding_boxes(F.rotate(target["boxes"], angle))
+        elif "boxes" in target:  # no masks to recompute from: v2's box of the rotated box, degenerate ones dropped
+            boxes = F.convert_bounding_box_format(F.clamp_bounding_boxes(F.rotate(target["boxes"], angle)),
+                                                  new_format=tv_tensors.BoundingBoxFormat.XYXY)
+            keep = ((boxes[:, 2:] - boxes[:, :2]) > 0).all(1).as_subclass(torch.Tensor)
+            boxes = tv_tensors.wrap(boxes.as_subclass(torch.Tensor)[keep], like=boxes)
+            out["boxes"] = F.convert_bounding_box_format(boxes, new_format=target["boxes"].format)
+            for key in _PER_INSTANCE:
+                if key in target:
+                    out[key] = target[key][keep]
         return image, out
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import signal
 import time
@@ -88,7 +89,9 @@ class Trainer:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
         self.events = self._event_writer() if config.tensorboard or config.logger == "tensorboard" else None
-        self.mlflow = MlflowRun.check() if config.logger == "mlflow" else None  # started once the config is final
+        if config.logger == "mlflow":
+            MlflowRun.check()
+        self.mlflow: MlflowRun | None = None  # rank 0's, started once the config is final
         seed_everything(config.seed)
         self.train_set, self.val_set, self.num_classes = build_datasets(config)
         self.task = task_module({"model": config.model})
@@ -129,11 +132,9 @@ class Trainer:
             self._resume()
         if self.main:
             save_config(config, self.out / "config.yaml")
-            if self.mlflow is not None:
+            if config.logger == "mlflow":
                 self.mlflow = MlflowRun(self.out, config.to_dict(), self.mlflow_run)
                 self.mlflow_run = self.mlflow.run_id
-        elif self.mlflow is not None:
-            self.mlflow = None  # rank 0 logs
 
     def _say(self, message: str) -> None:
         if self.main:
@@ -357,9 +358,12 @@ class Trainer:
             if self.mlflow is not None:
                 self.mlflow.end("KILLED")
             return result
-        if self._patience_spent():
+        if self._patience_spent() and self.step < end:
             if not self.stopped_early:  # resumed a run that had already stopped early
-                self._say(f"seglab: early stop: the run in {self.out} already stopped at step {self.step}")
+                self._say(f"seglab: early stop: the run in {self.out} already stopped at step {self.step} "
+                          f"(--early-stop {config.early_stop}); nothing to do")
+                if self.mlflow is not None:
+                    self.mlflow.end("FINISHED")
                 return result
             self._say(f"seglab: early stop at step {self.step}: {self.best_metric} has not improved for "
                       f"{self.stale} validations (--early-stop {config.early_stop}; best {self.best:.4f}); "
@@ -398,7 +402,8 @@ def train(config: TrainConfig) -> dict | None:
 class MlflowRun:
     """The run's MLflow record (rank 0): a local file store ``RUN_DIR/mlruns`` (experiment ``seglab``), the
     config as params, every ``metrics.jsonl`` record as metrics at its step, ``curves.png`` and the eval report
-    as artifacts at the end. ``--resume`` continues the run whose id ``last.pt`` holds."""
+    as artifacts at the end. ``--resume`` continues the run whose id ``last.pt`` holds. Sets
+    ``MLFLOW_ALLOW_FILE_STORE=true`` unless set (mlflow 3 refuses a file store without it)."""
 
     @staticmethod
     def check() -> None:
@@ -413,6 +418,8 @@ class MlflowRun:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
+        # mlflow >= 3.x keeps the file store in maintenance mode and refuses it unless this is set
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.tracking_uri = (Path(out) / "mlruns").resolve().as_uri()
         self.client = MlflowClient(self.tracking_uri)
         if run_id is not None and self._exists(run_id):
