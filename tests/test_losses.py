@@ -126,11 +126,15 @@ def test_plain_ce_in_the_engine_is_bit_identical_to_cross_entropy():
     criterion = losses.SegmentationLoss(["ce"])
     assert criterion.plain_ce
     normalizer = torch.tensor(37.0)
-    reference = semantic.cross_entropy(outputs, labels, normalizer=normalizer)
+    summed = sum(w * F.cross_entropy(logits, labels, ignore_index=255, reduction="sum")
+                 for w, logits in ((1.0, outputs["out"]), (0.4, outputs["aux"])))
+    reference = summed / normalizer  # the engine's loss before seglab.losses existed
     engine = semantic.loss(lambda images: outputs, torch.zeros(2, 3, 8, 8), labels, torch.device("cpu"), normalizer,
                            criterion=criterion)  # the engine computes plain CE exactly as before
     assert torch.equal(engine, reference)
-    assert abs(criterion(outputs, labels, normalizer).item() - reference.item()) < 1e-5
+    assert torch.equal(criterion(outputs, labels, normalizer), reference)
+    assert torch.equal(semantic.loss(lambda images: outputs, torch.zeros(2, 3, 8, 8), labels, torch.device("cpu"),
+                                     normalizer), reference)  # no criterion: the same
 
 
 def test_terms_sum_with_loss_weights_and_the_aux_head_weighs_0_4():
@@ -342,3 +346,15 @@ def test_instance_models_refuse_the_semantic_loss_options():
     assert instance.criterion(TrainConfig(), None, {}) is None
     with pytest.raises(ValueError, match="loss 'ce\\+dice' applies to semantic models only"):
         instance.criterion(TrainConfig(loss="ce+dice"), None, {})
+
+
+def test_the_data_checks_class_counts_equal_the_median_frequency_counts(tmp_path):
+    """Training on checked data takes the counts from its data check instead of reading the masks again."""
+    from seglab.data import VOCSegmentation, export_shapes, validate_dataset
+
+    root = export_shapes(tmp_path / "voc", "voc", {"train": 6}, image_size=40, seed=3)
+    dataset = VOCSegmentation(root, "train")
+    summary = validate_dataset(dataset, 5, progress=False)
+    pixels, image_pixels = losses.class_pixel_counts((dataset[i][1]["mask"] for i in range(len(dataset))), 5)
+    assert summary["pixels_per_class"] == pixels.tolist()
+    assert summary["image_pixels_per_class"] == image_pixels.tolist() and image_pixels.sum() > 0

@@ -144,12 +144,9 @@ def cmd_demo(args) -> None:
 def cmd_eval(args) -> None:
     from .engine.evaluate import evaluate_checkpoint
 
-    setup = _setup_options(args)
-    source = _load_model(args) if args.model else args.checkpoint
-    if args.model:
-        del setup["model_options"]  # used to build the model
+    source = _load_model(args) if args.model else args.checkpoint  # a model built here has used its options
     print(evaluate_checkpoint(source, args.out, inference={"batch_size": args.batch_size, **_inference_options(args)},
-                              **setup))
+                              **_setup_options(args)))
 
 
 def cmd_crf_tune(args) -> None:

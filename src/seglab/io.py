@@ -107,8 +107,9 @@ def save_safetensors(state_dict: dict, path: str | Path, meta: dict | None = Non
         tensor = value.detach().cpu().contiguous()
         storage = tensor.untyped_storage().data_ptr()
         if tensor.numel() and storage in storages:
-            tensor = tensor.clone()
-        storages.add(tensor.untyped_storage().data_ptr())
+            tensor = tensor.clone()  # a fresh storage: nothing later can share it
+        else:
+            storages.add(storage)
         tensors[key] = tensor
     # one metadata entry at most: safetensors writes the map in no fixed order, so one keeps the bytes reproducible
     metadata = {SAFETENSORS_META_KEY: json.dumps(meta)} if meta is not None else None
@@ -144,10 +145,10 @@ def load_state(model: nn.Module, state: dict, source, missing_ok=()) -> None:
     """``model.load_state_dict(state)``, strict but for the keys ``missing_ok`` (which keep their initial values);
     a ValueError naming ``source`` and the first key that does not fit (a shape that differs, a key missing from
     the file or one the model lacks) when the weights do not."""
-    own = model.state_dict()
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # the shapes differ
+        own = model.state_dict()
         mismatched = [(key, tuple(value.shape), tuple(own[key].shape)) for key, value in state.items()
                       if key in own and value.shape != own[key].shape]
         if not mismatched:
@@ -156,7 +157,8 @@ def load_state(model: nn.Module, state: dict, source, missing_ok=()) -> None:
         more = f" (and {len(mismatched) - 1} more keys)" if len(mismatched) > 1 else ""
         raise ValueError(f"{source} does not fit the model: {key} has shape {theirs} there, {ours} in the model"
                          f"{more}") from error
-    missing = [key for key in result.missing_keys if key not in set(missing_ok)]
+    missing_ok = set(missing_ok)
+    missing = [key for key in result.missing_keys if key not in missing_ok]
     for keys, where in ((missing, "is missing there"), (result.unexpected_keys, "is not in the model")):
         if keys:
             more = f" (and {len(keys) - 1} more keys)" if len(keys) > 1 else ""

@@ -127,6 +127,15 @@ def _gathered(values: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -
     return values.gather(1, torch.where(valid, labels, 0)[:, None])[:, 0]
 
 
+def _reduce(losses: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor | None,
+            reduction: str) -> torch.Tensor:
+    """Per-pixel ``losses`` (N, H, W) times ``w_y`` (with ``weight``), 0 at ignored pixels; summed for "sum"."""
+    if weight is not None:
+        losses = losses * weight.to(losses)[torch.where(valid, labels, 0)]
+    losses = torch.where(valid, losses, torch.zeros_like(losses))
+    return losses.sum() if reduction == "sum" else losses
+
+
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0, weight: torch.Tensor | None = None,
                reduction: str = "sum") -> torch.Tensor:
     """Softmax focal loss ``-w_y (1 - p_y)^gamma log p_y`` per pixel (N, H, W), 0 at ignored pixels;
@@ -134,10 +143,7 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0, w
     valid = labels != IGNORE_INDEX
     log_p = _gathered(F.log_softmax(logits, 1), labels, valid)
     losses = -(1 - log_p.exp()).clamp_min(0) ** gamma * log_p
-    if weight is not None:
-        losses = losses * weight.to(losses)[torch.where(valid, labels, 0)]
-    losses = torch.where(valid, losses, torch.zeros_like(losses))
-    return losses.sum() if reduction == "sum" else losses
+    return _reduce(losses, labels, valid, weight, reduction)
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0,
@@ -149,17 +155,20 @@ def sigmoid_focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float 
     target = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2).to(logits)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     losses = ((1 - torch.exp(-bce)) ** gamma * bce).mean(1)
-    if weight is not None:
-        losses = losses * weight.to(losses)[torch.where(valid, labels, 0)]
-    losses = torch.where(valid, losses, torch.zeros_like(losses))
-    return losses.sum() if reduction == "sum" else losses
+    return _reduce(losses, labels, valid, weight, reduction)
+
+
+def _world_size() -> int:
+    """The torchrun world size, 1 outside a process group (``engine.distributed.world_size``, which this layer
+    may not import)."""
+    return (torch.distributed.get_world_size()
+            if torch.distributed.is_available() and torch.distributed.is_initialized() else 1)
 
 
 def _all_reduce(values: torch.Tensor, differentiable: bool) -> torch.Tensor:
     """Sum over the processes under torchrun (``differentiable``: its backward sums the gradients too, so each
     process's own pixels get the gradient of the global quantity times the world size, which DDP's mean undoes)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()
-            and torch.distributed.get_world_size() > 1):
+    if _world_size() == 1:
         return values
     if differentiable:
         return _AllReduceSum.apply(values)
@@ -252,6 +261,25 @@ def ohem_kept(logits: torch.Tensor, labels: torch.Tensor, thresh: float | None, 
 
 
 # -- the criterion -------------------------------------------------------------------------------------------
+def cross_entropy(outputs: dict, masks: torch.Tensor, aux_weight: float = AUX_WEIGHT,
+                  normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Pixel-wise cross-entropy ignoring label 255, plus ``aux_weight`` × the auxiliary head's loss:
+    the per-pixel losses summed and divided by ``normalizer`` (default: this batch's labelled pixels,
+    i.e. the mean; data parallelism and accumulation pass the count over all their batches)."""
+    if normalizer is None:
+        normalizer = (masks != IGNORE_INDEX).sum().clamp_min(1)
+
+    def summed(logits):
+        if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: the loss in float32
+            logits = logits.float()
+        return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
+
+    total = summed(outputs["out"])
+    if "aux" in outputs:
+        total = total + aux_weight * summed(outputs["aux"])
+    return total / normalizer
+
+
 class SegmentationLoss:
     """``sum_t loss_weights[t] × term_t``, on the main head plus ``aux_weight`` × the same on ``outputs["aux"]``.
 
@@ -335,9 +363,7 @@ class SegmentationLoss:
                 total = total + torch.where(kept_mass > 0, mean, torch.zeros_like(mean)) * share
         for term, w in zip(self.terms, self.loss_weights):
             if term == "dice":
-                world = (torch.distributed.get_world_size() if torch.distributed.is_available()
-                         and torch.distributed.is_initialized() else 1)
-                global_share = _all_reduce(self.mass(masks), False).to(logits) / (normalizer * world)
+                global_share = _all_reduce(self.mass(masks), False).to(logits) / (normalizer * _world_size())
                 total = total + w * dice_loss(logits, masks) * global_share
             elif term == "lovasz":
                 total = total + w * lovasz_softmax(logits, masks) * share
@@ -345,6 +371,8 @@ class SegmentationLoss:
 
     def __call__(self, outputs: dict, masks: torch.Tensor,
                  normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
+        if self.plain_ce:  # the engine's historical loss, computed exactly as it always was
+            return cross_entropy(outputs, masks, aux_weight=self.aux_weight, normalizer=normalizer)
         if normalizer is None:
             mass = self.mass(masks)
             normalizer = torch.where(mass > 0, mass, torch.ones_like(mass))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seglab.engine import semantic
+from seglab import losses
 from seglab.io import safe_load as load_checkpoint
 from seglab.engine.config import TrainConfig
 from seglab.engine.train import Trainer, train
@@ -52,14 +52,14 @@ def test_resume_gives_the_same_weights_as_training_straight(tmp_path):
 
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real_loss = semantic.cross_entropy
+    real_loss = losses.cross_entropy
 
     def loss_turning_nan(outputs, masks, **options):
         calls["n"] += 1
         loss = real_loss(outputs, masks, **options)
         return loss * float("nan") if calls["n"] == 5 else loss
 
-    monkeypatch.setattr(semantic, "cross_entropy", loss_turning_nan)
+    monkeypatch.setattr(losses, "cross_entropy", loss_turning_nan)
     config = tiny_config(tmp_path, iters=8, ckpt_every=2, val_split=None)
     with pytest.raises(FloatingPointError, match="loss nan at step 5.*last.pt.*--skip-nonfinite"):
         train(config)

@@ -40,6 +40,11 @@ def test_miou_of_label_id_predictions_matches_the_official_evaluation(cityscapes
             assert iou == pytest.approx(expected["classScores"][name], abs=1e-12), name
     assert ours["miou"] == pytest.approx(expected["averageScoreClasses"], abs=1e-12)
     assert math.isnan(ours["iou"][CLASSES.index("motorcycle")]) and ours["iou"][CLASSES.index("train")] == 0
+    # label ids that are none of the 19 classes are predicted: their column stays out of every mean
+    for per_class, mean in (("acc", "mean_acc"), ("dice", "mean_dice"), ("precision", "mean_precision"),
+                            ("recall", "mean_recall")):
+        assert len(ours[per_class]) == 19, per_class
+        assert ours[mean] == pytest.approx(np.nanmean(ours[per_class]), abs=1e-12), mean
 
 
 def test_evaluation_names_a_missing_or_doubled_prediction(cityscapes_tree, tmp_path):

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 
 from seglab.data.coco_format import decode_rle, load_coco, segmentation_to_rle
@@ -153,14 +154,19 @@ class COCOInstances(torch.utils.data.Dataset):
             "mask": tv_tensors.Mask(torch.from_numpy(semantic)),
         }
 
-    def __getitem__(self, index: int):
+    def load_image(self, index: int) -> Image.Image:
+        """The decoded image of item ``index``; missing -> FileNotFoundError, unreadable or of another size than
+        the json's -> ValueError, naming the file."""
         path = self.image_path(index)
         height, width = self.get_height_and_width(index)
         image = load_image(path)
         if image.size != (width, height):
             raise ValueError(f"{path} is {image.width}x{image.height} (WxH) but {self.ann_file} says "
                              f"{width}x{height} for image id {self.ids[index]}")
-        image, target = image_tensor(image), self.target(index)
+        return image
+
+    def __getitem__(self, index: int):
+        image, target = image_tensor(self.load_image(index)), self.target(index)
         if self.transforms is not None:
             return self.transforms(image, target)
         return image, target

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from seglab.data.images import load_image
 from seglab.data.paths import read_lines, read_split_list
-from seglab.data.semantic import SemanticFiles, read_palette
+from seglab.data.semantic import SemanticFiles, read_palette, shown_palette
 from seglab.data.palette import voc_palette
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -97,7 +97,7 @@ class FolderSegmentation(SemanticFiles):
             classes = read_lines(root / "classes.txt", "class list")
         colours = None if palette is None else read_palette(palette, len(classes))
         if colours is not None:
-            shown = [c if c is not None else voc_palette()[i] for i, c in enumerate(colours)]
+            shown = shown_palette(colours)
         else:
             shown = mask_palette(masks[self.stems[0]]) if self.stems else voc_palette()
         super().__init__(root, split, transforms, [(images[s], masks[s]) for s in self.stems], classes, shown,

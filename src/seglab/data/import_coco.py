@@ -21,7 +21,6 @@ from PIL import Image
 
 from seglab.data.coco import COCOInstances
 from seglab.data.folder import IMAGE_SUFFIXES
-from seglab.data.images import load_image
 
 
 def import_coco(ann_file: str | Path, image_dir: str | Path, out: str | Path) -> dict:
@@ -46,13 +45,8 @@ def import_coco(ann_file: str | Path, image_dir: str | Path, out: str | Path) ->
         if stem in stems:
             raise ValueError(f"{dataset.ann_file}: images {stems[stem]!r} and {file_name!r} give one stem {stem!r}")
         stems[stem] = file_name
-        path = dataset.image_path(index)
-        height, width = dataset.get_height_and_width(index)
-        image = load_image(path)  # FileNotFoundError / ValueError name the file
-        if image.size != (width, height):
-            raise ValueError(f"{path} is {image.width}x{image.height} (WxH) but {dataset.ann_file} says "
-                             f"{width}x{height} for image id {dataset.ids[index]}")
-        plan.append((index, stem, path))
+        dataset.load_image(index)  # FileNotFoundError / ValueError (unreadable, not the json's size) name the file
+        plan.append((index, stem, dataset.image_path(index)))
     if len(dataset.classes) > 255:
         raise ValueError(f"{dataset.ann_file}: {len(dataset.classes) - 1} categories; a mask PNG holds ids 0..254")
 

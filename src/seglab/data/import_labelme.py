@@ -47,6 +47,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from seglab.data.coco_format import instance_annotations
 from seglab.data.folder import IMAGE_SUFFIXES
+from seglab.data.images import EXIF_ORIENTATION
 from seglab.data.palette import voc_palette
 
 logger = logging.getLogger("seglab")
@@ -170,25 +171,24 @@ def _open_image(raw: bytes, where: str) -> Image.Image:
 
 def _rotated(image: Image.Image) -> bool:
     """Whether ``image`` carries an EXIF orientation other than "as stored"."""
-    return image.getexif().get(0x0112, 1) not in (0, 1)
+    return image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1)
 
 
-def _write_image(raw: bytes, image: Image.Image, stem: str, image_dir: Path,
-                 source: Path | None) -> tuple[Path, Image.Image]:
+def _write_image(raw: bytes, image: Image.Image, stem: str, image_dir: Path, source: Path | None) -> Path:
     """Write the image under ``image_dir`` (bytes copied, or re-encoded with its EXIF rotation applied);
-    returns the file and the image as labelme shows it."""
+    returns the file."""
     suffix = _FORMAT_SUFFIX.get(image.format or "")
     if source is not None and source.suffix.lower() in IMAGE_SUFFIXES:
         suffix = source.suffix.lower()
     if not _rotated(image) and suffix is not None:
         out = image_dir / f"{stem}{suffix}"
         out.write_bytes(raw)
-        return out, image
+        return out
     shown = ImageOps.exif_transpose(image)
     out = image_dir / f"{stem}{'.jpg' if image.format in ('JPEG', 'MPO') else '.png'}"
     shown = shown.convert("RGB") if shown.mode not in ("RGB", "L") else shown
     shown.save(out, **({"quality": 95} if out.suffix == ".jpg" else {}))
-    return out, shown
+    return out
 
 
 def _label_ids(json_files: list[Path], documents: list[dict], classes: Sequence[str] | None) -> tuple[list[str], dict]:
@@ -244,7 +244,7 @@ def import_labelme(directory: str | Path, out: str | Path, classes: Sequence[str
     for path, document in zip(json_files, documents):
         raw, where, source = _image_source(document, path)
         image = _open_image(raw, where)
-        width, height = (image.height, image.width) if image.getexif().get(0x0112, 1) in (5, 6, 7, 8) else image.size
+        width, height = (image.height, image.width) if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8) else image.size
         declared = (document.get("imageWidth"), document.get("imageHeight"))
         if None not in declared and tuple(declared) != (width, height):
             raise ValueError(f"{path}: imageWidth x imageHeight {declared[0]}x{declared[1]} differs from its image "
@@ -277,7 +277,7 @@ def import_labelme(directory: str | Path, out: str | Path, classes: Sequence[str
         (out / "annotations").mkdir(parents=True, exist_ok=True)
         coco_dir.mkdir(parents=True, exist_ok=True)
     for image_id, (stem, raw, image, source, semantic, objects) in enumerate(items, start=1):
-        written, _ = _write_image(raw, image, stem, image_dir, source)
+        written = _write_image(raw, image, stem, image_dir, source)
         mask = Image.fromarray(semantic)
         mask.putpalette(palette)  # "L" -> "P": the pixel values stay the class ids
         mask.save(mask_dir / f"{stem}.png")

@@ -46,8 +46,9 @@ def read_palette(spec: str | Path | Sequence, num_classes: int) -> list[tuple[in
     errors name the file, the line and the value.
     """
     if isinstance(spec, str) and spec.lower() == "voc":
-        colours: list = list(voc_palette()[:num_classes])
-        colours += [None] * (IGNORE_INDEX - len(colours)) + [voc_palette()[IGNORE_INDEX]]
+        voc = voc_palette()
+        colours: list = list(voc[:num_classes])
+        colours += [None] * (IGNORE_INDEX - len(colours)) + [voc[IGNORE_INDEX]]
         return colours
     entries: list[tuple[str, int, list]] = []
     if isinstance(spec, (str, Path)):
@@ -80,6 +81,12 @@ def read_palette(spec: str | Path | Sequence, num_classes: int) -> list[tuple[in
             raise ValueError(f"{where}: colour {rgb} is not three values 0..255")
         colours[label] = tuple(int(c) for c in rgb)
     return colours
+
+
+def shown_palette(colours: Sequence[tuple[int, int, int] | None]) -> list[tuple[int, int, int]]:
+    """The display palette of ``read_palette``'s class colours: each id's colour, the VOC colour where it has none."""
+    voc = voc_palette()
+    return [c if c is not None else voc[i] for i, c in enumerate(colours)]
 
 
 class SemanticFiles(torch.utils.data.Dataset):
@@ -156,8 +163,8 @@ class SemanticFiles(torch.utils.data.Dataset):
                f"{image.width}x{image.height}"
         if orientation == 1:
             return f"{size}; the photo has no EXIF rotation, so that does not explain it"
-        stored = load_photo(image_path, exif_transpose=False)
-        displayed = load_photo(image_path, exif_transpose=True)
+        other = load_photo(image_path, exif_transpose=not self.exif_transpose)  # ``image`` is the other one
+        stored, displayed = (other, image) if self.exif_transpose else (image, other)
         what = f"EXIF orientation {orientation} ({ORIENTATIONS[orientation]})"
         if self.exif_transpose and mask_shape == (stored.height, stored.width):
             return (f"{size} as displayed ({what}); the mask matches the photo as stored, so it was drawn on the "

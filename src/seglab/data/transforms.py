@@ -146,15 +146,13 @@ class RandomRotate(torch.nn.Module):
             if old.format != tv_tensors.BoundingBoxFormat.XYXY:
                 out["boxes"] = F.convert_bounding_box_format(out["boxes"], new_format=old.format)
             out["masks"] = masks
-            for key in _PER_INSTANCE:
-                if key in target:
-                    out[key] = target[key][keep]
         elif "boxes" in target:  # no masks to recompute from: v2's box of the rotated box, degenerate ones dropped
             boxes = F.convert_bounding_box_format(F.clamp_bounding_boxes(F.rotate(target["boxes"], angle)),
                                                   new_format=tv_tensors.BoundingBoxFormat.XYXY)
             keep = ((boxes[:, 2:] - boxes[:, :2]) > 0).all(1).as_subclass(torch.Tensor)
             boxes = tv_tensors.wrap(boxes.as_subclass(torch.Tensor)[keep], like=boxes)
             out["boxes"] = F.convert_bounding_box_format(boxes, new_format=target["boxes"].format)
+        if "boxes" in target:  # the per-instance values of the instances kept
             for key in _PER_INSTANCE:
                 if key in target:
                     out[key] = target[key][keep]

@@ -70,12 +70,14 @@ def validate_dataset(dataset: Any, num_classes: int | None = None, progress: boo
     Returns ``{"images" (items checked), "problems" (error messages), "warnings" (messages),
     "total_pixels", "ignore_pixels", "unlabelled_images" (masks entirely 255: they add nothing to a
     loss), "pixels_per_class" (list of C ints), "images_per_class" (list of C ints: images containing the
-    class), "imbalance_ratio" (max / min pixel share over the classes with pixels; None without any),
+    class), "image_pixels_per_class" (list of C ints: the labelled pixels of the images containing the class,
+    what median-frequency balancing divides by), "imbalance_ratio" (max / min pixel share over the classes with pixels; None without any),
     "min_size", "max_size" ([H, W])}``.
     """
     num_classes = len(dataset.classes) if num_classes is None else num_classes
     pixels_per_class = torch.zeros(num_classes, dtype=torch.int64)
     images_per_class = torch.zeros(num_classes, dtype=torch.int64)
+    image_pixels_per_class = torch.zeros(num_classes, dtype=torch.int64)  # labelled pixels of the images with c
     ignore_pixels = total_pixels = unlabelled_images = 0
     sizes, problems = [], []
     warnings = list(getattr(dataset, "warnings", None) or [])
@@ -100,6 +102,7 @@ def validate_dataset(dataset: Any, num_classes: int | None = None, progress: boo
             counts = torch.bincount(mask[~ignored], minlength=num_classes)
             pixels_per_class += counts
             images_per_class += counts > 0
+            image_pixels_per_class += (counts > 0) * int(counts.sum())
             ignore_pixels += int(ignored.sum())
             unlabelled_images += bool(ignored.all())
             total_pixels += mask.numel()
@@ -131,6 +134,7 @@ def validate_dataset(dataset: Any, num_classes: int | None = None, progress: boo
         "unlabelled_images": unlabelled_images,
         "pixels_per_class": pixels_per_class.tolist(),
         "images_per_class": images_per_class.tolist(),
+        "image_pixels_per_class": image_pixels_per_class.tolist(),
         "imbalance_ratio": float(present.max() / present.min()) if len(present) else None,
         "min_size": [min(s) for s in zip(*sizes)] if sizes else [0, 0],
         "max_size": [max(s) for s in zip(*sizes)] if sizes else [0, 0],

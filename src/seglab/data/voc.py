@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from seglab.data.paths import read_lines, read_split_list
-from seglab.data.semantic import SemanticFiles, read_palette
+from seglab.data.semantic import SemanticFiles, read_palette, shown_palette
 from seglab.data.palette import voc_palette
 
 VOC_CLASSES = (
@@ -54,7 +54,6 @@ class VOCSegmentation(SemanticFiles):
             classes = read_lines(root / "labels.txt", "class list")
         classes = VOC_CLASSES if classes is None else classes
         colours = None if palette is None else read_palette(palette, len(classes))
-        shown = voc_palette() if colours is None else [c if c is not None else voc_palette()[i]
-                                                       for i, c in enumerate(colours)]
+        shown = voc_palette() if colours is None else shown_palette(colours)
         super().__init__(root, split, transforms, [voc_pair(root, i) for i in self.ids], classes, shown,
                          mask_map=mask_map, mask_colours=colours, exif_transpose=exif_transpose)

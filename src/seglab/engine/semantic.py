@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -33,6 +32,7 @@ DEFAULT_METRIC = "miou"
 REPORT_FILES = ("metrics.json", "per_class_iou.png", "overlays.png", "report.html")
 PREDICTION_FILES = "masks (<stem>.png) and overlays (<stem>_overlay.png)"
 FORMATS = ("palette", "cityscapes")
+PLAIN_CE = losses.SegmentationLoss()  # the default criterion: cross-entropy, aux head at 0.4
 
 
 def model_options(config, classes: Sequence[str]) -> dict:
@@ -66,16 +66,19 @@ def batch_groups(dataset) -> None:
 def criterion(config, train_set, meta: dict) -> losses.SegmentationLoss:
     """The loss ``config`` chooses (``loss``, ``loss_weights``, ``class_weights``, ``ohem``, ``label_smoothing``;
     ``seglab.losses``), built once before training; a one-line ValueError names a bad option and its value.
-    ``class_weights: auto`` is median-frequency balancing over the masks of ``train_set`` (read without
-    transforms); explicit or computed, the weights are recorded in ``meta["class_weights"]`` (so in the
+    ``class_weights: auto`` is median-frequency balancing over the masks of ``train_set`` (counted by the data
+    check that validated it, or here for generated data); explicit or computed, the weights are recorded in ``meta["class_weights"]`` (so in the
     checkpoints' ``"meta"``)."""
     terms = losses.parse_loss(config.loss)
     num_classes = meta["num_classes"]
     weights = losses.parse_class_weights(config.class_weights, num_classes)
     if weights == "auto":
-        masks = (train_set[index][1]["mask"] for index in range(len(train_set)))
-        weights = losses.median_frequency_weights(*losses.class_pixel_counts(masks, num_classes),
-                                                  classes=meta["classes"])
+        checked = getattr(train_set, "data_check", None)  # engine.datasets.build_split counted them already
+        if checked is not None:
+            counts = checked["summary"]["pixels_per_class"], checked["summary"]["image_pixels_per_class"]
+        else:  # generated data (Shapes) is not checked: count its masks here
+            counts = losses.class_pixel_counts((train_set[i][1]["mask"] for i in range(len(train_set))), num_classes)
+        weights = losses.median_frequency_weights(*counts, classes=meta["classes"])
         if distributed.is_main():
             tqdm.write("seglab: class weights (median frequency) "
                        + ", ".join(f"{name} {w:.3g}" for name, w in zip(meta["classes"], weights)))
@@ -102,33 +105,14 @@ def loss_normalizer(micro_batches: list, device: torch.device,
     return (torch.where(mass > 0, mass, torch.ones_like(mass)) / distributed.world_size()).float()
 
 
-def cross_entropy(outputs: dict, masks: torch.Tensor, aux_weight: float = 0.4,
-                  normalizer: torch.Tensor | float | None = None) -> torch.Tensor:
-    """Pixel-wise cross-entropy ignoring label 255, plus ``aux_weight`` × the auxiliary head's loss:
-    the per-pixel losses summed and divided by ``normalizer`` (default: this batch's labelled pixels,
-    i.e. the mean; data parallelism and accumulation pass the count over all their batches)."""
-    if normalizer is None:
-        normalizer = (masks != IGNORE_INDEX).sum().clamp_min(1)
-
-    def summed(logits):
-        return F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX, reduction="sum")
-
-    total = summed(outputs["out"])
-    if "aux" in outputs:
-        total = total + aux_weight * summed(outputs["aux"])
-    return total / normalizer
-
-
 def loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, device: torch.device,
          normalizer: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format,
          criterion: losses.SegmentationLoss | None = None) -> torch.Tensor:
-    """``criterion`` (from :func:`criterion`; default: plain cross-entropy, computed by :func:`cross_entropy`)
-    of ``model`` on one micro-batch (images (N,3,H,W), masks (N,H,W))."""
+    """``criterion`` (from :func:`criterion`; default: plain cross-entropy) of ``model`` on one micro-batch
+    (images (N,3,H,W), masks (N,H,W))."""
     images = images.to(device, memory_format=memory_format, non_blocking=True)
     masks = masks.to(device, non_blocking=True)
-    if criterion is None or criterion.plain_ce:
-        return cross_entropy(model(images), masks, normalizer=normalizer)
-    return criterion(model(images), masks, normalizer)
+    return (criterion or PLAIN_CE)(model(images), masks, normalizer)
 
 
 def _same_size_groups(items: list) -> list[list]:

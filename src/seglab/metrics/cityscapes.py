@@ -42,8 +42,9 @@ def evaluate_results(results_dir: str | Path, root: str | Path, split: str = "va
     count; a predicted label id that is none of the 19 classes counts as a miss of the ground-truth class
     (a false negative) and as no class's false positive; a class with neither ground-truth pixels nor
     predictions on counted pixels has no IoU (nan) and is left out of the mean.
-    Returns ``SegmentationMetrics.compute()``'s keys for the 19 classes (``iou``, ``acc`` lists, ``miou``
-    the mean of the non-nan IoUs, ``pixel_acc``, ``fwiou``, ``mean_acc``), plus ``images``.
+    Returns ``SegmentationMetrics.compute()``'s keys for the 19 classes (the per-class lists ``iou``, ``acc``,
+    ``dice``, ``precision``, ``recall`` and their means over the non-nan values, ``miou`` …; ``pixel_acc``,
+    ``fwiou``), plus ``images``.
     """
     gt_files = sorted((Path(root) / "gtFine" / split).glob(f"*/*{cityscapes.GT_SUFFIX}"))
     if not gt_files:
@@ -58,7 +59,10 @@ def evaluate_results(results_dir: str | Path, root: str | Path, split: str = "va
         pred[pred == IGNORE_INDEX] = OTHER
         metrics.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(gt.astype(np.int64)))
     result = metrics.compute()
-    iou = result["iou"][:OTHER]
-    valid = [value for value in iou if not math.isnan(value)]
-    return {**result, "iou": iou, "acc": result["acc"][:OTHER], "images": len(gt_files),
-            "miou": sum(valid) / len(valid) if valid else math.nan}
+    evaluated = {}  # the 19 classes' values, and their means, without the OTHER column
+    for per_class, mean in (("iou", "miou"), ("acc", "mean_acc"), ("dice", "mean_dice"),
+                            ("precision", "mean_precision"), ("recall", "mean_recall")):
+        values = result[per_class][:OTHER]
+        valid = [value for value in values if not math.isnan(value)]
+        evaluated |= {per_class: values, mean: sum(valid) / len(valid) if valid else math.nan}
+    return {**result, **evaluated, "images": len(gt_files)}

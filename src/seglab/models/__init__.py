@@ -5,9 +5,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..io import resolve_checkpoint, safe_load
+from ..io import load_state, resolve_checkpoint, safe_load
 from . import deeplab, dilation, fcis, fcn, gcn, maskrcnn, maskxrcnn  # noqa: F401  (registering the models)
-from ..io import load_state
 from .registry import (count_parameters, create, default_num_classes, describe, entry, model_meta, names, options,
                        register, task_of)
 

@@ -34,10 +34,11 @@ PUBLISHED = {
 }
 
 
-def published(name: str, backbone_weights: list[str]) -> Published:
+def published(name: str, backbone_weights: Callable[[], list[str]]) -> Published:
     """How torchvision publishes ``name``; a ValueError saying what it can start from instead (its backbone's
-    ImageNet weights, ``backbone_weights``) when torchvision publishes no trained ``name``."""
+    ImageNet weights, ``backbone_weights()``, asked only then) when torchvision publishes no trained ``name``."""
     if name not in PUBLISHED:
+        backbone_weights = backbone_weights()
         instead = (f"start from ImageNet backbone weights instead: --backbone-weights {' | '.join(backbone_weights)} "
                    f"(Python: backbone_weights=NAME)" if backbone_weights else "train it from scratch")
         raise ValueError(f"torchvision publishes no trained {name}; {instead}, or give a weights file")

@@ -89,7 +89,7 @@ def create(name: str, num_classes: int | None = None, **options) -> nn.Module:
         options["weights_backbone"] = options.pop("backbone_weights")
     weights, member = options.get("weights"), None
     if hub.is_name(weights):
-        spec = pretrained.published(name, backbone_weight_names(name))
+        spec = pretrained.published(name, lambda: backbone_weight_names(name))
         member = hub.weights(spec.arch, weights)
         num_classes = num_classes or len(member.meta["categories"])
         options = {**spec.options, **options, "weights": None}
