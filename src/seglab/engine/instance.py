@@ -125,9 +125,30 @@ def ground_truth(dataset) -> tuple[COCO, dict[int, int], list[int]]:
     return coco, {i: i for i in range(1, len(dataset.classes))}, [image["id"] for image in images]
 
 
-def _detect(model: nn.Module, image: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    """The detections of one uint8 image (3,H,W), on the CPU."""
+def detect(model: nn.Module, image: torch.Tensor, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The detections of one uint8 image (3,H,W), on the CPU: boxes (K,4) xyxy pixels, labels (K,), scores (K,),
+    masks (K,1,H,W) probabilities."""
+    device = model_device(model) if device is None else device
     return {key: value.cpu() for key, value in model([image.to(device).float() / 255])[0].items()}
+
+
+def shown_detections(prediction: dict[str, torch.Tensor], meta: dict,
+                     score_threshold: float | None = None) -> dict[str, torch.Tensor]:
+    """The detections of ``detect`` scoring >= ``score_threshold`` (default 0.5) and of a named class (COCO's
+    "N/A" ids left out), masks binarised at 0.5 to (K,H,W) bool."""
+    threshold = 0.5 if score_threshold is None else score_threshold
+    named = torch.tensor([meta["classes"][int(label)] != viz.UNNAMED for label in prediction["labels"]],
+                         dtype=torch.bool)
+    keep = (prediction["scores"] >= threshold) & named
+    return {"boxes": prediction["boxes"][keep], "labels": prediction["labels"][keep],
+            "scores": prediction["scores"][keep], "masks": prediction["masks"][keep, 0] > 0.5}
+
+
+def detection_records(shown: dict[str, torch.Tensor], meta: dict) -> list[dict]:
+    """``shown_detections`` as JSON records: box xyxy in pixels, label, class name, score."""
+    return [{"box": [round(float(v), 2) for v in box], "label": int(label), "class": meta["classes"][int(label)],
+             "score": round(float(score), 4)} for box, label, score in zip(shown["boxes"], shown["labels"],
+                                                                           shown["scores"])]
 
 
 def evaluate(model: nn.Module, dataset, meta: dict | None = None, *, progress: bool = True, num_visuals: int = 8,
@@ -149,7 +170,7 @@ def evaluate(model: nn.Module, dataset, meta: dict | None = None, *, progress: b
     with inference_context(model):
         for index in tqdm(indices, desc="eval", disable=not progress, leave=False):
             image, target = dataset[index]
-            prediction = _detect(model, image, device)
+            prediction = detect(model, image, device)
             predictions.append(prediction)
             if len(visuals) < num_visuals:
                 visuals.append((image, target, prediction))
@@ -207,7 +228,6 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
     _refuse_semantic_options(inference)
     if fmt != "palette":
         raise ValueError(f"--format {fmt} applies to semantic models only")
-    threshold = 0.5 if score_threshold is None else score_threshold
     meta, device = model.meta, model_device(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,17 +235,10 @@ def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | 
     with inference_context(model):
         for path in tqdm(list(paths), desc="predict", unit="img"):
             image = read_image(path)
-            prediction = _detect(model, image, device)
-            named = torch.tensor([meta["classes"][int(label)] != viz.UNNAMED for label in prediction["labels"]],
-                                 dtype=torch.bool)
-            keep = (prediction["scores"] >= threshold) & named
-            boxes, labels, scores = prediction["boxes"][keep], prediction["labels"][keep], prediction["scores"][keep]
+            shown = shown_detections(detect(model, image, device), meta, score_threshold)
             stem = Path(path).stem
-            viz.draw_instances(image, boxes, labels, prediction["masks"][keep, 0] > 0.5, meta["classes"],
-                               meta["palette"], scores).save(out / f"{stem}_instances.png")
-            detections = [{"box": [round(float(v), 2) for v in box], "label": int(label),
-                           "class": meta["classes"][int(label)], "score": round(float(score), 4)}
-                          for box, label, score in zip(boxes, labels, scores)]
-            (out / f"{stem}.json").write_text(json.dumps(detections, indent=1))
+            viz.draw_instances(image, shown["boxes"], shown["labels"], shown["masks"], meta["classes"],
+                               meta["palette"], shown["scores"]).save(out / f"{stem}_instances.png")
+            (out / f"{stem}.json").write_text(json.dumps(detection_records(shown, meta), indent=1))
             written.append(out / f"{stem}_instances.png")
     return written
