@@ -246,7 +246,7 @@ def test_bad_options_are_one_line_value_errors():
     cases = [(dict(loss="ce+bogus"), r"loss: unknown term 'bogus'"),
              (dict(class_weights="1,2"), r"class_weights: 2 weights in '1,2', expected one per class \(3\)"),
              (dict(class_weights="1,x,2"), r"class_weights: '1,x,2'"),
-             (dict(label_smoothing=-0.1), r"label_smoothing: -0.1"),
+             (dict(label_smoothing=-0.1), r"label_smoothing must be a number in \[0, 1\), got -0.1"),
              (dict(loss="ce+dice", loss_weights=[1.0]), r"loss_weights: 1 weights"),
              (dict(ohem=["0.7"]), r"ohem: expected THRESH MIN_KEPT"),
              (dict(loss="dice", ohem=["0.7", "10"]), r"ohem selects pixels for the pixel-wise terms")]

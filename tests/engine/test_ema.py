@@ -121,12 +121,12 @@ def test_early_stop_with_a_constant_metric_stops_after_patience_validations(tmp_
 
 
 def test_early_stop_is_refused_without_val_every(tmp_path, capsys):
-    with pytest.raises(ValueError, match="early_stop: --early-stop 3 needs --val-every N"):
+    with pytest.raises(ValueError, match="early_stop 3 needs --val-every N"):
         tiny_config(tmp_path, early_stop=3)
     with pytest.raises(SystemExit, match="1"):
         main(["train", "--early-stop", "3", "--out", str(tmp_path / "cli")])
     error = capsys.readouterr().err.strip()
-    assert error == ("seglab train: error: early_stop: --early-stop 3 needs --val-every N and a validation split "
+    assert error == ("seglab train: error: early_stop 3 needs --val-every N and a validation split "
                      "(the patience is counted in validations)")
     assert not (tmp_path / "cli").exists()
     for bad, message in [(dict(ema=1.0), "ema: decay 1.0 is outside"), (dict(logger="wandb"), "logger: 'wandb'"),

@@ -6,6 +6,7 @@ Every dataset: ``ds[i] -> (tv_tensors.Image uint8 (3, H, W), {"mask": tv_tensors
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Callable
 
@@ -29,10 +30,12 @@ __all__ = [
     "Shapes",
     "VOCSegmentation",
     "build_dataset",
+    "check_reader_options",
     "dataset_names",
     "eval_transforms",
     "export_shapes",
     "format_summary",
+    "reader_options",
     "train_transforms",
     "validate_dataset",
 ]
@@ -47,19 +50,41 @@ def _folder(root: Path, split: str | None, transforms: Callable | None, **option
     return FolderSegmentation(root, split=None if split == "all" else split, transforms=transforms, **options)
 
 
-# name: (reader(root, split, transforms, **options), what its root holds)
+# name: (reader(root, split, transforms, **options), the dataset class it builds, what its root holds)
 _READERS = {
-    "voc": (VOCSegmentation, "the folder holding JPEGImages/, SegmentationClass/, ImageSets/"),
-    "sbd": (SBD, "the folder holding img/, cls/, train.txt, val.txt"),
-    "cityscapes": (Cityscapes, "the folder holding leftImg8bit/ and gtFine/"),
-    "coco": (_coco, "the folder holding <split>2017/ and annotations/"),
-    "folder": (_folder, "the folder holding images/, masks/, classes.txt"),
+    "voc": (VOCSegmentation, VOCSegmentation, "the folder holding JPEGImages/, SegmentationClass/, ImageSets/"),
+    "sbd": (SBD, SBD, "the folder holding img/, cls/, train.txt, val.txt"),
+    "cityscapes": (Cityscapes, Cityscapes, "the folder holding leftImg8bit/ and gtFine/"),
+    "coco": (_coco, COCOInstances, "the folder holding <split>2017/ and annotations/"),
+    "folder": (_folder, FolderSegmentation, "the folder holding images/, masks/, classes.txt"),
 }
+# constructor arguments that build_dataset itself passes, not reader options
+_PASSED = {"root", "split", "transforms", "image_dir", "ann_file"}
 
 
 def dataset_names() -> list[str]:
     """Names accepted by ``build_dataset``."""
     return sorted(["shapes", *_READERS])
+
+
+def reader_options(name: str) -> list[str]:
+    """The reader options (``--data-option KEY=VALUE`` keys) that dataset ``name`` takes."""
+    if name == "shapes":
+        return []
+    if name not in _READERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+    parameters = inspect.signature(_READERS[name][1]).parameters
+    return [key for key, p in parameters.items()
+            if key not in _PASSED and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_reader_options(name: str, options: dict) -> None:
+    """ValueError naming the unknown keys when ``options`` are not all reader options of dataset ``name``."""
+    unknown = sorted(set(options) - set(reader_options(name)))
+    if unknown:
+        known = reader_options(name)
+        raise ValueError(f"data_options: {', '.join(map(repr, unknown))} is not an option of the {name!r} reader; "
+                         + (f"its options: {', '.join(known)}" if known else "it takes none"))
 
 
 def build_dataset(
@@ -81,14 +106,11 @@ def build_dataset(
     ``root/annotations/instances_<split>2017.json``, "folder" ``FolderSegmentation`` (split "all" or
     None: every image).
     """
+    check_reader_options(name, options)
     if name == "shapes":
-        if options:
-            raise ValueError(f"dataset 'shapes' takes no reader options, got {sorted(options)}")
         num_images = DEFAULT_NUM_IMAGES.get(split, 0) if num_images is None else num_images
         return Shapes(split, num_images, image_size=image_size, seed=seed, transforms=transforms, cache=True)
-    if name not in _READERS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(dataset_names())}")
-    reader, layout = _READERS[name]
+    reader, _, layout = _READERS[name]
     if root is None:
         raise ValueError(f"dataset {name!r} needs root ({layout})")
     if num_images is not None:

@@ -7,9 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .config import TrainConfig
-
-SCHEDULES = ("poly", "step", "cosine", "constant")
+from .config import SCHEDULES, TrainConfig
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -116,11 +116,17 @@ class Trainer:
                                                    else None)
         world = distributed.world_size()
         self.batches_per_epoch = len(self.train_set) // (config.batch_size * world * config.accumulate)
+        if config.epochs and not self.batches_per_epoch:
+            raise ValueError(f"epochs: {len(self.train_set)} training images make no full step of batch size "
+                             f"{config.batch_size} x {world} processes x accumulate {config.accumulate}; lower "
+                             f"--batch-size or use --iters")
         self.total = config.epochs * self.batches_per_epoch if config.epochs else config.iters
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, self.total, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp and self.device.type == "cuda")
         self.step, self.best, self.skipped = 0, -float("inf"), 0
+        self.saved_step: int | None = None  # the step of the last good last.pt (None: none written yet)
+        self.finished = False  # the final validation and report are done (in last.pt: --resume has nothing to do)
         self.stale = 0  # validations since --best-metric last improved (--early-stop)
         self.stop_requested, self.stopped_early = False, False
         self.mlflow_run: str | None = None  # the MLflow run id, kept in last.pt so that --resume continues it
@@ -156,6 +162,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "step": self.step, "epoch": self.step // max(self.batches_per_epoch, 1), "best": self.best,
             "skipped": self.skipped, "stale": self.stale, "config": self.config.to_dict(), "meta": self.meta,
+            "finished": self.finished,
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()  # AveragedModel's: "module.*" and "n_averaged"
@@ -174,7 +181,18 @@ class Trainer:
             state = self.state()
             if name == "best.pt":
                 state["model"] = self.evaluated_model().state_dict()
-            save_checkpoint(state, self.out / name)
+            try:
+                save_checkpoint(state, self.out / name)
+            except OSError as error:
+                raise type(error)(f"{error} ({self._last_good()})") from None
+        if name == "last.pt":
+            self.saved_step = self.step
+
+    def _last_good(self) -> str:
+        """Where the last good checkpoint stands, for a message about a failed step or write."""
+        if self.saved_step is None:
+            return "no checkpoint was written yet"
+        return f"last good checkpoint: {self.out / 'last.pt'}, step {self.saved_step}"
 
     def _resume(self) -> None:
         path = self.out / "last.pt"
@@ -189,6 +207,8 @@ class Trainer:
         set_rng_state(checkpoint["rng"])
         self.step, self.best, self.skipped = checkpoint["step"], checkpoint["best"], checkpoint.get("skipped", 0)
         self.stale, self.mlflow_run = checkpoint.get("stale", 0), checkpoint.get("mlflow_run")
+        self.saved_step, self.finished = self.step, checkpoint.get("finished", False)
+        self._drop_log_rows_after(self.step)
         if self.ema is not None:
             if "ema" in checkpoint:
                 self.ema.load_state_dict(checkpoint["ema"])
@@ -209,6 +229,18 @@ class Trainer:
         return DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
                           collate_fn=self.task.collate, persistent_workers=config.num_workers > 0,
                           generator=torch.Generator().manual_seed(config.seed))
+
+    def _drop_log_rows_after(self, step: int) -> None:
+        """Rewrite ``metrics.jsonl`` without the rows past ``step`` (those of steps a resumed run repeats)."""
+        path = self.out / "metrics.jsonl"
+        if not self.main or not path.is_file():
+            return
+        rows = path.read_text().splitlines(keepends=True)
+        kept = [row for row in rows if row.strip() and json.loads(row).get("step", 0) <= step]
+        if len(kept) != len(rows):
+            temporary = path.with_suffix(".jsonl.tmp")
+            temporary.write_text("".join(kept))
+            os.replace(temporary, path)
 
     def _log(self, record: dict) -> None:
         if self.main:
@@ -281,10 +313,10 @@ class Trainer:
         """Skip the step (``skip_nonfinite``) or stop training with the last good checkpoint intact."""
         what = f"loss {loss_value}" if not math.isfinite(loss_value) else "a non-finite gradient"
         if not self.config.skip_nonfinite:
-            raise FloatingPointError(
-                f"{what} at step {self.step + 1}: training stopped. The last good checkpoint "
-                f"{self.out / 'last.pt'} is left intact; lower the learning rate, check the data, or pass "
-                f"--skip-nonfinite to skip such steps.")
+            kept = "no checkpoint was written yet" if self.saved_step is None else \
+                f"the last good checkpoint {self.out / 'last.pt'} (step {self.saved_step}) is left intact"
+            raise FloatingPointError(f"{what} at step {self.step + 1}: training stopped, {kept}; lower the learning "
+                                     f"rate, check the data, or pass --skip-nonfinite to skip such steps.")
         self.skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         self._say(f"seglab: {what} at step {self.step + 1}: step skipped ({self.skipped} so far)")
@@ -322,6 +354,11 @@ class Trainer:
         result, if any."""
         config = self.config
         end = min(self.total, config.stop_at) if config.stop_at else self.total
+        if self.finished and self.step >= end:
+            self._say(f"seglab: the run in {self.out} already finished at step {self.step}; nothing to do "
+                      f"(raise --iters to train on)")
+            return None
+        self.finished = False
         self.trained.train()
         batches = iter(self._loader())
         progress = tqdm(total=end, initial=self.step, desc="train", unit="it", dynamic_ncols=True,
@@ -371,8 +408,10 @@ class Trainer:
             self._log({"step": self.step, "early_stop": 1})
         validated_last_step = config.val_every and self.step % config.val_every == 0
         if self.step >= self.total and self.val_set is not None and not validated_last_step:
+            self.save("last.pt")  # first, so that a failing final validation loses no training
             result = self.validate()
-        self.save("last.pt")  # once at the end, after the final validation
+        self.finished = self.step >= self.total
+        self.save("last.pt")  # the final validation's best, and the mark that --resume has nothing left to do
         if self.main:
             viz.plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
             if result is not None:
@@ -385,7 +424,10 @@ class Trainer:
 
 def train(config: TrainConfig) -> dict | None:
     """Train as ``config`` says; the run directory ``config.out`` receives config, logs, checkpoints, plots.
-    Under torchrun every process calls this; the process group is left when it returns."""
+    Under torchrun every process calls this; the process group is left when it returns. A run directory this call
+    created is removed again when training fails before anything was written into it."""
+    out = Path(config.out)
+    created = not out.exists()
     try:
         trainer = Trainer(config)
         with trainer.events or contextlib.nullcontext():  # closing the TensorBoard writer flushes it
@@ -395,6 +437,10 @@ def train(config: TrainConfig) -> dict | None:
                 if trainer.mlflow is not None:
                     trainer.mlflow.end("FAILED")
                 raise
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()) and distributed.is_main():
+            out.rmdir()
+        raise
     finally:
         distributed.cleanup()
 
