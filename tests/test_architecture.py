@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "src" / "seglab"
 # Top to bottom; a module may import from its own layer and the layers below it.
 LAYERS = [
-    {"cli", "__main__"},
+    {"cli", "__main__", "serve"},
     {"export"},
     {"engine"},
     {"report", "interop"},

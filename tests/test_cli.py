@@ -185,8 +185,8 @@ def test_instance_model_trains_evaluates_with_cocoeval_and_predicts(tmp_path):
 def test_list_and_key_value_flags_reach_the_config():
     from seglab.cli import _config_from_args, build_parser
 
-    args = build_parser().parse_args(["train", "--mask-classes", "circle", "square", "--data-option", "voc_root=/v",
-                                      "--model-option", "mask_layers=[8, 8]", "--accumulate", "2"])
+    args = build_parser().parse_args(["train", "--mask-classes", "circle", "square", "--data", "sbd", "--data-option",
+                                      "voc_root=/v", "--model-option", "mask_layers=[8, 8]", "--accumulate", "2"])
     config = _config_from_args(args)
     assert config.mask_classes == ["circle", "square"] and config.data_options == {"voc_root": "/v"}
     assert config.model_options == {"mask_layers": [8, 8]} and config.accumulate == 2

@@ -114,19 +114,21 @@ def _load_model(args):
     """The model of ``--checkpoint``, ``--onnx`` (onnxruntime) or ``--model NAME [--weights ...]``, with its
     ``.meta``."""
     from . import models
+    from .models.base import check_device
 
     if args.model is None and (args.weights or args.num_classes):
         raise ValueError("--weights and --num-classes go with --model NAME (a checkpoint brings its own)")
+    device = check_device(args.device)
     if args.model:
         model = models.create(args.model, args.num_classes, weights=args.weights, **_model_options(args))
-        return model.to(args.device).eval()
+        return model.to(device).eval()
     if getattr(args, "onnx", None):
         from .export import OnnxModel
 
         if args.model_options:
             raise ValueError("--model-option applies to --checkpoint: an ONNX file's options were fixed at export")
         return OnnxModel(args.onnx)
-    return models.load(args.checkpoint, device=args.device, **_model_options(args))
+    return models.load(args.checkpoint, device=device, **_model_options(args))
 
 
 def cmd_train(args) -> None:
@@ -161,8 +163,27 @@ def cmd_crf_tune(args) -> None:
 def cmd_predict(args) -> None:
     from .engine.predict import predict
 
-    print(predict(_load_model(args), args.images, Path(args.out), fmt=args.format, resize_short=args.resize_short,
-                  score_threshold=args.score_threshold, **_inference_options(args)))
+    print(predict(_load_model(args), args.inputs, Path(args.out), glob=args.glob, fmt=args.format,
+                  resize_short=args.resize_short, score_threshold=args.score_threshold, batch_size=args.batch_size,
+                  resize=args.resize, save_probs=args.save_probs, skip_existing=args.skip_existing,
+                  video_masks=args.video_masks, **_inference_options(args)))
+
+
+def cmd_benchmark(args) -> None:
+    from . import models
+    from .engine.benchmark import HEADER, machine_line, measure, table_row
+
+    options = {"size": tuple(args.size), "batch": args.batch, "train": args.train, "amp": args.amp,
+               "channels_last": args.channels_last, "compile": args.compile, "repeats": args.repeats}
+    print(machine_line(args.device))
+    print(HEADER)
+    if not args.all:
+        print(table_row(measure(_load_model(args), **options)), flush=True)
+        return
+    for name in models.names():  # one model in memory at a time
+        model = models.create(name, args.num_classes, **_model_options(args)).to(args.device)
+        print(table_row(measure(model, **options)), flush=True)
+        del model
 
 
 def cmd_export(args) -> None:
@@ -179,6 +200,18 @@ def cmd_export(args) -> None:
         print(f"wrote {to_safetensors(model, args.out)} (weights and meta; seglab.models.load or --checkpoint read it)")
         return
     print(to_onnx(model, args.out, args.height, args.width, dynamic=not args.static, opset=args.opset))
+
+
+def cmd_serve(args) -> None:
+    try:
+        from .serve import create_app, run
+    except ImportError as error:  # the optional extra: FastAPI, uvicorn, python-multipart
+        if error.name and error.name.split(".")[0] in {"fastapi", "starlette", "uvicorn", "python_multipart"}:
+            raise SystemExit("seglab serve needs FastAPI: pip install 'seglab[serve]'") from error
+        raise
+    app = create_app(_load_model(args), max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                     threads=args.threads, max_queue=args.max_queue, score_threshold=args.score_threshold)
+    run(app, args.host, args.port)
 
 
 def cmd_models(args) -> None:
@@ -244,10 +277,13 @@ def _add_device_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default: cpu)")
 
 
-def _add_model_source_flags(parser: argparse.ArgumentParser, onnx: bool) -> None:
-    """Where the model comes from: ``--checkpoint``, ``--onnx`` (where ``onnx``) or ``--model NAME`` with
-    ``--weights`` / ``--num-classes``; exactly one of them."""
+def _add_model_source_flags(parser: argparse.ArgumentParser, onnx: bool, every: bool = False) -> None:
+    """Where the model comes from: ``--checkpoint``, ``--onnx`` (where ``onnx``), ``--model NAME`` with
+    ``--weights`` / ``--num-classes``, or (where ``every``) ``--all`` registered models; exactly one of them."""
     source = parser.add_mutually_exclusive_group(required=True)
+    if every:
+        source.add_argument("--all", action="store_true", help="every registered model, built with random weights "
+                                                               "(one table)")
     source.add_argument("--checkpoint", help="run directory (its best.pt, else last.pt), .pt or .safetensors file")
     if onnx:
         source.add_argument("--onnx", help="a file written by `seglab export`, run by onnxruntime (no checkpoint "
@@ -320,10 +356,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_flags(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
-    predict = commands.add_parser("predict", help="predict masks and overlays for image files")
-    predict.add_argument("images", nargs="+", help="image files")
+    predict = commands.add_parser("predict", help="predict masks and overlays for images, folders and videos")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="image files, folders (searched recursively) and videos (.mp4 .avi .mov .mkv .webm); "
+                              "outputs mirror each file's path below its folder input, an explicit file keeps its "
+                              "parent folder's name (a/coffee.jpg -> OUT/a/coffee.png)")
     _add_model_source_flags(predict, onnx=True)
     predict.add_argument("--out", required=True, help="output directory")
+    predict.add_argument("--glob", metavar="PATTERN",
+                         help="in folders, predict the files matching this pattern, e.g. '*.jpg' (case-sensitive; "
+                              "default: common image and video extensions, any case)")
+    predict.add_argument("--batch-size", type=int, default=1, metavar="B",
+                         help="images (of one size, unless --resize) or video frames per forward pass; instance "
+                              "models: images per model call (default: 1)")
+    predict.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"),
+                         help="semantic models: run every image at H×W pixels so that any sizes batch, the logits "
+                              "resized back bilinearly to each image (default: each image's own size)")
+    predict.add_argument("--skip-existing", action="store_true",
+                         help="skip inputs whose outputs all exist (resume an interrupted run)")
+    predict.add_argument("--save-probs", action="store_true",
+                         help="semantic models: also OUT/NAME_probs.npz, key probs: float16 (C,H,W) class "
+                              "probabilities (softmax, or the CRF's) of each image (not video frames)")
+    predict.add_argument("--video-masks", action="store_true",
+                         help="videos: also OUT/NAME/frame_000000.png ..., a palette PNG of class ids per frame")
     _add_device_flag(predict)
     _add_model_option_flag(predict, "override a saved model option where the weights allow, e.g. output_stride=8; "
                                     "repeatable")
@@ -352,6 +407,25 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", help="output directory (default: RUN_DIR/crf_tune)")
     tune.set_defaults(func=cmd_crf_tune)
 
+    bench = commands.add_parser("benchmark", help="parameters, multiply-accumulates, latency, images/s and peak "
+                                                  "memory of a model, for inference or a training step")
+    _add_model_source_flags(bench, onnx=True, every=True)
+    _add_device_flag(bench)
+    _add_model_option_flag(bench, "a model option (value parsed as YAML), e.g. width_mult=0.25; repeatable")
+    bench.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
+                       help="synthetic input height and width in pixels (detection models resize it to their "
+                            "min_size/max_size) (default: 512 512)")
+    bench.add_argument("--batch", type=int, default=1, help="images per call (default: 1)")
+    bench.add_argument("--train", action="store_true", help="time a training step (forward, loss, backward, SGD "
+                                                            "step) instead of inference")
+    bench.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
+    bench.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
+    bench.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (its first, compiling call reported apart; a model or backend "
+                            "it cannot compile is measured without it, with a warning)")
+    bench.add_argument("--repeats", type=int, default=10, help="timed calls after 2 warm-up calls (default: 10)")
+    bench.set_defaults(func=cmd_benchmark)
+
     export_cmd = commands.add_parser("export", help="export a model to ONNX (checked in onnxruntime against PyTorch) "
                                                     "or to safetensors")
     _add_model_source_flags(export_cmd, onnx=False)
@@ -369,6 +443,29 @@ def build_parser() -> argparse.ArgumentParser:
                                  "Mask R-CNN is always fixed)")
     export_cmd.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's; Mask R-CNN 17)")
     export_cmd.set_defaults(func=cmd_export)
+
+    serve = commands.add_parser("serve", help="serve a model over HTTP: an upload page, POST /predict, GET /model "
+                                              "(needs the serve extra: pip install 'seglab[serve]')")
+    _add_model_source_flags(serve, onnx=True)
+    _add_device_flag(serve)
+    _add_model_option_flag(serve, "override a saved model option where the weights allow, e.g. output_stride=8; "
+                                  "repeatable")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; 0.0.0.0 opens it to other machines (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    serve.add_argument("--max-upload-mb", type=float, default=20,
+                       help="largest request body in MiB, larger ones get 413 (default: 20)")
+    serve.add_argument("--max-pixels", type=float, default=40e6,
+                       help="largest image in pixels (width × height, read from its header before decoding), larger "
+                            "ones get 413 (default: 40e6)")
+    serve.add_argument("--threads", type=int, default=2, help="requests run at once, each on its own thread "
+                                                              "(default: 2)")
+    serve.add_argument("--max-queue", type=int,
+                       help="requests waiting for a thread beyond which new ones get 503 with Retry-After "
+                            "(default: as many as --threads)")
+    serve.add_argument("--score-threshold", type=float,
+                       help="instance models: the lowest score of a detection returned (default: 0.5)")
+    serve.set_defaults(func=cmd_serve)
 
     models_cmd = commands.add_parser("models", help="list registered models with their parameter counts, or describe "
                                                     "one")
@@ -423,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's "seglab" log lines
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:  # OSError: a file or disk the system refused
         print(f"seglab {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from error
 

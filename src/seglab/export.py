@@ -274,7 +274,8 @@ class OnnxModel(nn.Module):
     the PyTorch model in ``seglab.engine`` inference (no parameters: it runs on the CPU).
 
     Semantic: ``forward(images (N,3,H,W) float, normalised) → {"out": logits (N,C,H,W)}`` (so sliding
-    windows, scales, flips and the CRF work as with the PyTorch model). Instance: ``forward(list[(3,H,W)
+    windows, scales, flips and the CRF work as with the PyTorch model; a file exported for a fixed batch size runs a
+    larger batch in chunks of it). Instance: ``forward(list[(3,H,W)
     float in 0..1]) → list[{"boxes", "labels", "scores", "masks"}]``, one run per image. An input whose
     rank, channels or (fixed) size the file does not take raises ValueError.
     """
@@ -307,8 +308,9 @@ class OnnxModel(nn.Module):
         return self.session.run(None, {self.input.name: array.detach().cpu().float().numpy()})
 
     def forward(self, images):
-        if self.meta["task"] == "semantic":
-            return {"out": torch.from_numpy(self._run(images)[0])}
+        if self.meta["task"] == "semantic":  # a file of a fixed batch size (--static: 1) runs the batch in chunks
+            chunk = self.input.shape[0] if isinstance(self.input.shape[0], int) else len(images)
+            return {"out": torch.cat([torch.from_numpy(self._run(part)[0]) for part in images.split(chunk)])}
         return [dict(zip(INSTANCE_OUTPUTS, map(torch.from_numpy, self._run(image)))) for image in images]
 
 

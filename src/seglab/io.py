@@ -6,13 +6,20 @@ A checkpoint is ``{"model", "optimizer", "scheduler", "scaler", "rng", "step", "
 holding only tensors and plain Python types, so the safe loader accepts it. A ``.safetensors`` file holds a
 state dict, plus the model's ``meta`` as JSON in its string metadata (key ``SAFETENSORS_META_KEY``) when
 ``save_safetensors`` was given one: such a file reads back as the checkpoint ``{"model", "meta"}``.
+
+Every failure is one line naming the file: a write that fails (disk full, read-only folder) raises
+``CheckpointWriteError`` (an OSError) and keeps the previous file; an empty, truncated, corrupt or foreign file
+to read raises ValueError. ``write_json`` / ``json_text`` write strict JSON (NaN as null) for reports.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -23,26 +30,57 @@ from torch import nn
 SAFETENSORS_META_KEY = "seglab_meta"  # the string metadata entry of a .safetensors file holding seglab's meta
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint or weights file that could not be written (disk full, read-only folder, …): its one-line
+    message names the file and the reason, ``errno`` is the system's; the previous file is left intact."""
+
+
+def _size_text(size: int) -> str:
+    """A file size as people read it: ``0 bytes``, ``812 bytes``, ``2.1 MB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
 def safe_load(path: str | Path):
     """The contents of a checkpoint or state-dict file, read on the CPU by the weights-only unpickler, or, for a
     ``.safetensors`` file, by the safetensors library: its tensors, or ``{"model": tensors, "meta": meta}`` when
     it carries seglab's meta (``save_safetensors``).
 
     A file holding anything else (arbitrary objects, code that would run on unpickling) is refused with a
-    ValueError naming it, and nothing in it runs; so is a ``.safetensors`` file that safetensors cannot read.
-    A missing file gives FileNotFoundError.
+    ValueError naming it, and nothing in it runs; so is a ``.safetensors`` file that safetensors cannot read, and
+    an empty, truncated or corrupt file ("PATH is truncated or corrupt (2.1 MB, …)"). A missing file gives
+    FileNotFoundError.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes)")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain Python types, "
-                         f"which seglab never writes (weights-only loading: {reason})") from error
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))  # the class or function the file asked for, if any
+        if found is None:
+            raise ValueError(_corrupt(path)) from error
+        raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain Python types "
+                         f"({found.group(1)}), which seglab never writes; it loads weights only, so nothing in the "
+                         f"file ran") from error
+    except (RuntimeError, EOFError, KeyError, OSError) as error:  # torch's zip reader or the unpickler ran out of file
+        if isinstance(error, OSError) and error.errno not in (None, errno.EINVAL):
+            raise  # the system refused to read it (permissions, I/O error): its own message names the file
+        raise ValueError(_corrupt(path)) from error
+
+
+def _corrupt(path: Path) -> str:
+    """The one line saying that ``path`` is not the whole zip archive that ``torch.save`` writes."""
+    with open(path, "rb") as f:
+        zip_start = f.read(4) == b"PK\x03\x04"
+    what = "not a complete zip archive" if zip_start else "not a zip archive"
+    return f"{path} is truncated or corrupt ({_size_text(path.stat().st_size)}, {what} as torch.save writes)"
 
 
 def _load_safetensors(path: Path):
@@ -65,25 +103,58 @@ def _load_safetensors(path: Path):
     return {"model": tensors, "meta": meta}
 
 
+class _Recorder:
+    """A binary file that remembers the OSError of a failed write: torch's zip writer reports it as a
+    RuntimeError ("unexpected pos …") that has lost the errno."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name):  # the rest (flush, fileno, tell, …) is the file's
+        return getattr(self.file, name)
+
+
 @contextlib.contextmanager
 def _replacing(path: Path):
     """A binary file to write that replaces ``path`` (created with its folder) only once the block completes:
-    a temporary file beside it, fsync'd, then renamed; removed instead when the block raises."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    a temporary file beside it, fsync'd, then renamed; removed instead when the block raises. A write that
+    fails (disk full, read-only folder) raises ``CheckpointWriteError``."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            yield f
+            recorder = _Recorder(f)
+            try:
+                yield recorder
+            except Exception as error:
+                if recorder.error is None or recorder.error is error:
+                    raise
+                raise recorder.error from error
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, CheckpointWriteError):
+            failed = CheckpointWriteError(f"cannot write {path}: "
+                                          f"{os.strerror(error.errno) if error.errno else error}")
+            failed.errno = error.errno
+            raise failed from error
         raise
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact, a failed write
+    (disk full, …) also raises ``CheckpointWriteError`` ("cannot write PATH: No space left on device")."""
     path = Path(path)
     with _replacing(path) as f:
         torch.save(state, f)
@@ -120,8 +191,11 @@ def save_safetensors(state_dict: dict, path: str | Path, meta: dict | None = Non
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory → its ``best.pt`` (or ``last.pt`` when no validation ran); a file → itself."""
+    """A run directory → its ``best.pt`` (or ``last.pt`` when no validation ran); a file → itself; a
+    FileNotFoundError naming ``path`` when it is neither."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run directory or checkpoint file")
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
@@ -131,14 +205,41 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def writable_dir(path: str | Path) -> Path:
-    """``path`` as a directory, created if missing; a ValueError naming it when it cannot be written."""
+    """``path`` as a directory, created if missing; a ValueError naming it when it cannot be written ("cannot
+    write to the output directory runs/x: Permission denied"), checked by creating a file there."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file")
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()
     except OSError as error:
         raise ValueError(f"cannot write to the output directory {path}: {error.strerror or error}") from error
     return path
+
+
+def json_text(value, indent: int | None = None) -> str:
+    """``value`` as strict JSON, which every parser reads: NaN and ±infinity (a metric with nothing to measure)
+    become ``null`` (``json.dumps`` would write ``NaN``); e.g. one line of a ``metrics.jsonl``."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | Path, value, indent: int | None = 2) -> Path:
+    """Write ``value`` to ``path`` as ``json_text`` (NaN as ``null``), e.g. ``metrics.json``."""
+    path = Path(path)
+    path.write_text(json_text(value, indent))
+    return path
+
+
+def _finite(value):
+    """``value`` with every non-finite float inside (dicts, lists, tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def load_state(model: nn.Module, state: dict, source, missing_ok=()) -> None:

@@ -79,7 +79,7 @@ def test_train_then_predict_in_the_official_format(cityscapes_tree, tmp_path, ca
         prediction = np.array(Image.open(official.getPrediction(args, str(gt))))
         assert prediction.shape == (32, 48) and set(np.unique(prediction).tolist()) <= evaluated
     stem = "lindau_000000_000019_leftImg8bit"
-    assert (out / f"{stem}.png").is_file() and (out / f"{stem}_overlay.png").is_file()
+    assert (out / "lindau" / f"{stem}.png").is_file() and (out / "lindau" / f"{stem}_overlay.png").is_file()  # two cities
     assert len(evaluate_results(out / "labelIds", cityscapes_tree.root, "val")["iou"]) == 19
 
     Image.new("RGB", (48, 32)).save(tmp_path / "scene.png")

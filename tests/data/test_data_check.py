@@ -281,3 +281,20 @@ def test_build_split_refuses_rgb_masks_orphan_images_and_sizes_and_warns_of_the_
     photo(root / "images" / "lonely.jpg", 8, 8, 1)
     with pytest.raises(ValueError, match=r"images without a mask .*lonely\.jpg"):
         build_split("folder", "all", root=root)
+
+
+@pytest.mark.parametrize("fmt", ["folder", "voc"])
+def test_a_dataset_without_images_is_an_error_naming_the_folder(tmp_path, capsys, fmt):
+    if fmt == "folder":
+        for name in ("images", "masks"):
+            (tmp_path / name).mkdir()
+        (tmp_path / "classes.txt").write_text("background\nthing\n")
+    else:  # a VOC split list with no ids
+        for name in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+            (tmp_path / name).mkdir(parents=True)
+        (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text("")
+    code, out, err = check(capsys, tmp_path, "--format", fmt)
+    assert code == 1 and "no problems found" not in out
+    assert err.strip().startswith(f"seglab data: error: {tmp_path}: no images") and "nothing to check" in err
+    with pytest.raises(ValueError, match=f"^{tmp_path}: no images"):  # the same before training or evaluation
+        build_split(fmt, "all" if fmt == "folder" else "train", root=tmp_path, announce=False)

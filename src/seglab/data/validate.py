@@ -58,8 +58,8 @@ def validate_dataset(dataset: Any, num_classes: int | None = None, progress: boo
     so wrappers without one, e.g. ``Subset``, are checked after their transforms) and check it.
 
     ``num_classes`` defaults to ``len(dataset.classes)``. Errors, each naming the file (or
-    ``Type[index]``): a missing file (FileNotFoundError), an unreadable one, an image that is not
-    (3, H, W), a mask whose (H, W) differs from the image's, a non-integer mask, an RGB colour mask read
+    ``Type[index]``): a dataset without images (naming its root), a missing file (FileNotFoundError), an
+    unreadable one, an image that is not (3, H, W), a mask whose (H, W) differs from the image's, a non-integer mask, an RGB colour mask read
     without a palette, mask values outside 0..C-1 and 255 (ignore) (ValueError). The first error is
     raised, or with ``keep_going`` every error is collected and its item left out of the counts.
     Warnings (never raised), one line each naming the file or split and the value: the dataset's own
@@ -74,6 +74,10 @@ def validate_dataset(dataset: Any, num_classes: int | None = None, progress: boo
     what median-frequency balancing divides by), "imbalance_ratio" (max / min pixel share over the classes with pixels; None without any),
     "min_size", "max_size" ([H, W])}``.
     """
+    if len(dataset) == 0:
+        root, split = getattr(dataset, "root", None), getattr(dataset, "split", None)
+        raise ValueError(f"{root or type(dataset).__name__}: no images" + (f" in split {split!r}" if split else "")
+                         + "; nothing to check, train on or score")
     num_classes = len(dataset.classes) if num_classes is None else num_classes
     pixels_per_class = torch.zeros(num_classes, dtype=torch.int64)
     images_per_class = torch.zeros(num_classes, dtype=torch.int64)

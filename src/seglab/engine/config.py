@@ -125,6 +125,8 @@ class TrainConfig:
     sync_bn: bool = option(False, "SyncBatchNorm across processes (torchrun on CUDA only)")
     amp: bool = option(False, "autocast: bfloat16 on CPU, float16 with gradient scaling on CUDA")
     channels_last: bool = option(False, "NHWC memory format (faster convolutions on recent CPUs and GPUs)")
+    compile: bool = option(False, "torch.compile the model (the first steps compile; a model or backend it cannot "
+                                  "compile trains without it, with a warning)")
     seed: int = option(0, "seed of the data order, augmentation and initialisation", NON_NEGATIVE)
     device: str = option("auto", "auto | cpu | cuda | cuda:N (auto: CUDA when available)", DEVICE_NAME)
     # bookkeeping
@@ -210,7 +212,7 @@ def checked(name: str, hint, value, check: Check | None = None):
         if value is None:
             return None
         hint = next(a for a in args if a is not type(None))
-    origin, noun = typing.get_origin(hint) or hint, NOUNS[typing.get_origin(hint) or hint]
+    origin = typing.get_origin(hint) or hint
     if origin in (list, tuple):
         item = typing.get_args(hint)[0]
         size = len(typing.get_args(hint)) if origin is tuple else None
@@ -223,6 +225,7 @@ def checked(name: str, hint, value, check: Check | None = None):
         return origin(items)
     converted = _scalar(origin, value)
     if converted is None or check is not None and not check.test(converted):
+        noun = NOUNS[origin]
         wording = noun if check is None else check.wording.format(noun.split(" ", 1)[1])
         raise ConfigError(name, f"{name} must be {wording}, got {value!r}")
     return converted
@@ -230,7 +233,7 @@ def checked(name: str, hint, value, check: Check | None = None):
 
 NOUNS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
          dict: "a mapping of KEY: VALUE", (list, str): "a list of strings", (list, float): "a list of numbers",
-         (tuple, float): "two numbers MIN MAX", list: None, tuple: None}
+         (tuple, float): "two numbers MIN MAX"}
 
 
 def _scalar(kind: type, value):

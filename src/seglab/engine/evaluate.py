@@ -7,7 +7,8 @@ from pathlib import Path
 from torch import nn
 
 from ..io import resolve_checkpoint, safe_load, writable_dir
-from ..models import from_checkpoint
+from ..models import from_checkpoint, model_meta
+from ..models.base import check_device
 from .datasets import build_split
 from .tasks import task_module
 
@@ -20,9 +21,12 @@ def evaluation_setup(checkpoint: str | Path | nn.Module, *, data: str | None = N
 
     ``checkpoint`` is a checkpoint file or run directory, or a model already built (``seglab.models.create``,
     e.g. with torchvision's trained weights; then ``data`` is needed). The dataset defaults to the one the
-    checkpoint was trained on (its name, root, Shapes count, size and seed); ``model_options`` override saved
-    model options where the weights allow (e.g. ``output_stride=8``).
+    checkpoint was trained on: its name and root, and, only when ``data`` is that name too, its reader options,
+    Shapes count, size and seed. A checkpoint's class names (unless they are the placeholders ``class_1``, …)
+    must be the dataset's (``build_split``'s ``model_classes``). ``model_options`` override saved model options
+    where the weights allow (e.g. ``output_stride=8``).
     """
+    device = check_device(device)
     if isinstance(checkpoint, nn.Module):
         if data is None:
             raise ValueError("evaluating a model built by name needs --data (and --data-root): it has no training run")
@@ -32,10 +36,15 @@ def evaluation_setup(checkpoint: str | Path | nn.Module, *, data: str | None = N
         saved = safe_load(path)
         model = from_checkpoint(saved, path, device=device, **(model_options or {}))
         trained = saved.get("config") or {}
-    dataset = build_split(data or trained.get("data", "shapes"), split, root=data_root or trained.get("data_root"),
-                          num_images=num_images or trained.get("num_val"),
-                          image_size=image_size or trained.get("image_size", 128), seed=trained.get("seed", 0),
-                          num_classes=model.meta["num_classes"])
+    name = data or trained.get("data", "shapes")
+    same = trained if name == trained.get("data", "shapes") else {}  # the training data's options: for it only
+    root = data_root or same.get("data_root")
+    meta = model.meta  # a model built by name, or saved without class names, has none to compare the data's with
+    named = path is not None and meta["classes"] != model_meta(meta["model"], meta["num_classes"])["classes"]
+    dataset = build_split(name, split, root=root, num_images=num_images or same.get("num_val"),
+                          image_size=image_size or same.get("image_size", 128), seed=same.get("seed", 0),
+                          options=same.get("data_options"), num_classes=meta["num_classes"],
+                          model_classes=meta["classes"] if named else None, model_source=path)
     return path, model, dataset, trained
 
 

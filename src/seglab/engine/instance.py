@@ -16,15 +16,16 @@ from tqdm import tqdm
 
 from .. import report, viz
 from ..data.coco_format import instance_annotations
-from ..data.images import read_image
 from ..data.transforms import RandomRotate, color_jitter_transform
-from ..metrics.coco import IOU_TYPES, coco_results, evaluate_coco, format_coco_table
+from ..io import write_json
+from ..metrics.coco import IOU_TYPES, STAT_NAMES, coco_results, evaluate_coco, format_coco_table
 from ..models.base import model_device
-from . import distributed
+from . import distributed, inputs
 from .inference import inference_context
 from .sampler import aspect_ratio_groups
 
 DEFAULT_METRIC = "segm_AP"
+METRICS = tuple(f"{kind}_{name}" for kind in IOU_TYPES for name in STAT_NAMES)  # summary()'s names
 REPORT_FILES = ("metrics.json (COCO box and mask AP)", "overlays.png", "report.html")
 PREDICTION_FILES = "drawings (<stem>_instances.png) and detections (<stem>.json)"
 MODEL_KEYS = ("boxes", "labels", "masks")  # what a detection model reads from a target
@@ -70,6 +71,32 @@ def collate(batch: Sequence[tuple]) -> tuple[list[torch.Tensor], list[dict]]:
     """``[(image, target), ...]`` → ``([images], [targets])``, images kept apart since their sizes differ (the
     model batches them itself), targets cut to the keys the model reads."""
     return [image for image, _ in batch], [{key: target[key] for key in MODEL_KEYS} for _, target in batch]
+
+
+def synthetic_batch(meta: dict, batch: int, size: tuple[int, int],
+                    generator: torch.Generator) -> tuple[list[torch.Tensor], list[dict]]:
+    """Random images (3,H,W) in [0, 1] with two box-and-mask instances each of ``meta``'s classes, as ``collate``
+    gives them (for ``engine.benchmark``)."""
+    height, width = size
+    images, targets = [], []
+    for _ in range(batch):
+        corners = torch.rand(2, 4, generator=generator) * torch.tensor([width / 2, height / 2] * 2)
+        boxes = torch.cat([corners[:, :2], corners[:, :2] + corners[:, 2:] + 8], 1).round()
+        boxes = boxes.clamp_max(torch.tensor([width - 1, height - 1] * 2, dtype=boxes.dtype))
+        masks = torch.zeros(2, height, width, dtype=torch.uint8)
+        for mask, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
+            mask[y1:y2 + 1, x1:x2 + 1] = 1
+        labels = torch.randint(1, meta["num_classes"], (2,), generator=generator)
+        images.append(torch.rand(3, height, width, generator=generator))
+        targets.append({"boxes": boxes, "labels": labels, "masks": masks})
+    return images, targets
+
+
+def model_inputs(images: list[torch.Tensor], device: torch.device,
+                 memory_format: torch.memory_format | None = None) -> list[torch.Tensor]:
+    """What the model's forward takes for a ``collate``-d batch of images: the list on ``device``
+    (``memory_format`` is the semantic models': detection models batch their images themselves)."""
+    return [image.to(device) for image in images]
 
 
 def batch_groups(dataset) -> list[int] | None:
@@ -211,7 +238,7 @@ def write_report(metrics: dict, visuals, meta: dict, out_dir: str | Path, *, con
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scores = {kind: metrics[kind] for kind in IOU_TYPES if kind in metrics}
-    (out / "metrics.json").write_text(json.dumps(scores, indent=2))
+    write_json(out / "metrics.json", scores)  # NaN (no instance to measure) as null
     rows = pictures(visuals, meta)
     if rows:
         viz.grid(rows, titles=list(report.INSTANCE_COLUMNS)).save(out / "overlays.png")
@@ -220,25 +247,80 @@ def write_report(metrics: dict, visuals, meta: dict, out_dir: str | Path, *, con
     return format_coco_table(scores)
 
 
-def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | Path, *,
-                  score_threshold: float | None = None, fmt: str = "palette", **inference) -> list[Path]:
-    """For each image: ``<stem>_instances.png`` (masks, boxes, class and score drawn) and ``<stem>.json``
-    (boxes xyxy in pixels, labels, class names, scores) of the detections scoring ≥ ``score_threshold``
-    (default 0.5); detections of unnamed classes (COCO's "N/A" ids) are left out. ``fmt`` and ``inference`` are the semantic models' options (an error when set)."""
+def _prediction_outputs(item: inputs.Input, out: Path, video_masks: bool) -> list[Path]:
+    """The files ``predict_files`` writes for ``item`` in ``out`` (a video's mask frames: their folder)."""
+    base = out / item.name
+    if item.is_video:
+        overlay = base.with_name(base.name + "_overlay.mp4")
+        return [overlay, base] if video_masks else [overlay]
+    return [base.with_name(base.name + "_instances.png"), base.with_name(base.name + ".json")]
+
+
+def _shown_batch(model: nn.Module, images: list[torch.Tensor], device: torch.device, meta: dict,
+                 score_threshold: float | None) -> list[dict[str, torch.Tensor]]:
+    """``shown_detections`` of each uint8 image (3,H,W), the list through the model in one call."""
+    predictions = model([image.to(device).float() / 255 for image in images])
+    return [shown_detections({key: value.cpu() for key, value in prediction.items()}, meta, score_threshold)
+            for prediction in predictions]
+
+
+def _drawing(image: torch.Tensor, shown: dict[str, torch.Tensor], meta: dict) -> Image.Image:
+    """``viz.draw_instances`` of ``shown_detections`` on the uint8 image (3,H,W)."""
+    return viz.draw_instances(image, shown["boxes"], shown["labels"], shown["masks"], meta["classes"],
+                              meta["palette"], shown["scores"])
+
+
+def _class_map(shown: dict[str, torch.Tensor], meta: dict, size: tuple[int, int]) -> Image.Image:
+    """Palette PNG (H,W) of the class of the best-scoring detection over each pixel (0 where none)."""
+    labels = torch.zeros(size, dtype=torch.uint8)
+    for k in shown["scores"].argsort().tolist():  # ascending, so the best is painted last
+        labels[shown["masks"][k]] = int(shown["labels"][k])
+    return viz.colorize(labels, meta["palette"])
+
+
+def predict_files(model: nn.Module, paths: Iterable[inputs.Input | str | Path], out_dir: str | Path, *,
+                  score_threshold: float | None = None, fmt: str = "palette", batch_size: int = 1,
+                  resize: Sequence[int] | None = None, save_probs: bool = False, skip_existing: bool = False,
+                  video_masks: bool = False, **inference) -> inputs.Written:
+    """For each image (an ``engine.inputs.Input`` or a path; ``NAME`` its output name): ``OUT/NAME_instances.png``
+    (masks, boxes, class and score drawn) and ``OUT/NAME.json`` (boxes xyxy in pixels, labels, class names,
+    scores) of the detections scoring ≥ ``score_threshold`` (default 0.5); detections of unnamed classes (COCO's
+    "N/A" ids) are left out. For each video: ``OUT/NAME_overlay.mp4`` of the drawings, with ``video_masks`` also
+    ``OUT/NAME/frame_000000.png`` ... (palette PNGs of the best-scoring detection's class per pixel).
+    ``batch_size`` images go through the model as one list (any sizes); ``skip_existing`` skips inputs whose
+    outputs all exist. ``fmt``, ``resize``, ``save_probs`` and ``inference`` are the semantic models' options (an
+    error when set)."""
     _refuse_semantic_options(inference)
     if fmt != "palette":
         raise ValueError(f"--format {fmt} applies to semantic models only")
-    meta, device = model.meta, model_device(model)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    if save_probs:
+        raise ValueError("--save-probs applies to semantic models only: an instance model scores detections, "
+                         "not classes per pixel (see NAME.json)")
+    if resize is not None:
+        raise ValueError("--resize applies to semantic models only: an instance model resizes images itself "
+                         "(its min_size/max_size options)")
+    items = inputs.as_inputs(paths)
+    meta, device, out = model.meta, model_device(model), Path(out_dir)
+
+    def outputs(item: inputs.Input) -> list[Path]:
+        return _prediction_outputs(item, out, video_masks)
+
+    todo, skipped = inputs.plan(items, outputs, batch_size, skip_existing)
+    written = inputs.Written(skipped=skipped)
+
+    def draw_frames(frames: list[torch.Tensor]) -> list:
+        return [(_drawing(frame, shown, meta), _class_map(shown, meta, frame.shape[-2:]) if video_masks else None)
+                for frame, shown in zip(frames, _shown_batch(model, frames, device, meta, score_threshold))]
+
     with inference_context(model):
-        for path in tqdm(list(paths), desc="predict", unit="img"):
-            image = read_image(path)
-            shown = shown_detections(detect(model, image, device), meta, score_threshold)
-            stem = Path(path).stem
-            viz.draw_instances(image, shown["boxes"], shown["labels"], shown["masks"], meta["classes"],
-                               meta["palette"], shown["scores"]).save(out / f"{stem}_instances.png")
-            (out / f"{stem}.json").write_text(json.dumps(detection_records(shown, meta), indent=1))
-            written.append(out / f"{stem}_instances.png")
+        for batch in inputs.image_batches([i for i in todo if not i.is_video], batch_size, by_size=False):
+            images = [image for _, image in batch]
+            for (item, image), shown in zip(batch, _shown_batch(model, images, device, meta, score_threshold)):
+                drawing, records = outputs(item)
+                drawing.parent.mkdir(parents=True, exist_ok=True)
+                _drawing(image, shown, meta).save(drawing)
+                records.write_text(json.dumps(detection_records(shown, meta), indent=1))
+                written.files += 2
+                written.inputs += 1
+        inputs.predict_videos(todo, outputs, draw_frames, batch_size, written)
     return written

@@ -8,27 +8,30 @@ the report and prediction on image files.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms.functional import resize as tv_resize
 from tqdm import tqdm
 
 from .. import data, losses, report, viz
 from ..data import cityscapes
-from ..data.images import read_image
 from ..data.transforms import IGNORE_INDEX
+from ..io import write_json
 from ..metrics import SegmentationMetrics, format_table
 from ..metrics.semantic import image_miou
-from . import distributed
+from . import distributed, inputs
 from .inference import Size, crf_refine, infer_logits, inference_context, predict_labels
 
 DEFAULT_METRIC = "miou"
+METRICS = tuple(report.SEMANTIC_METRICS)  # what summary() gives, the names --best-metric may take
 REPORT_FILES = ("metrics.json", "per_class_iou.png", "overlays.png", "report.html")
 PREDICTION_FILES = "masks (<stem>.png) and overlays (<stem>_overlay.png)"
 FORMATS = ("palette", "cityscapes")
@@ -58,6 +61,20 @@ def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
+def synthetic_batch(meta: dict, batch: int, size: tuple[int, int],
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random normalised images (N,3,H,W) and masks (N,H,W) of ``meta``'s classes, as ``collate`` gives them (for
+    ``engine.benchmark``)."""
+    images = torch.randn(batch, 3, *size, generator=generator)
+    return images, torch.randint(0, meta["num_classes"], (batch, *size), generator=generator)
+
+
+def model_inputs(images: torch.Tensor, device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """What the model's forward takes for a ``collate``-d batch of images: the tensor on ``device``."""
+    return images.to(device, memory_format=memory_format)
+
+
 def batch_groups(dataset) -> None:
     """Semantic batches mix any images (they are cropped to one size): no grouping."""
     return None
@@ -82,11 +99,7 @@ def criterion(config, train_set, meta: dict) -> losses.SegmentationLoss:
         if distributed.is_main():
             tqdm.write("seglab: class weights (median frequency) "
                        + ", ".join(f"{name} {w:.3g}" for name, w in zip(meta["classes"], weights)))
-    try:
-        loss_weights = None if config.loss_weights is None else [float(w) for w in config.loss_weights]
-    except (TypeError, ValueError):
-        raise ValueError(f"loss_weights: {config.loss_weights!r} are not numbers") from None
-    built = losses.SegmentationLoss(terms, loss_weights, weights, losses.parse_ohem(config.ohem),
+    built = losses.SegmentationLoss(terms, config.loss_weights, weights, losses.parse_ohem(config.ohem),
                                     float(config.label_smoothing))
     if weights is not None:
         meta["class_weights"] = [float(w) for w in weights]
@@ -185,7 +198,7 @@ def _with_confusion(metrics: SegmentationMetrics) -> dict:
 
 def summary(result: dict) -> dict[str, float]:
     """The scalar metrics of :func:`evaluate`'s result, for logs and ``best_metric``."""
-    return {key: result[key] for key in report.SEMANTIC_METRICS}
+    return {key: result[key] for key in METRICS}
 
 
 def pictures(visuals, meta: dict) -> list[list[Image.Image]]:
@@ -210,7 +223,7 @@ def write_report(result: dict, visuals, meta: dict, out_dir: str | Path, *, conf
         return {k: values[k] for k in report.SEMANTIC_METRICS} | {k: dict(zip(classes, values[k])) for k in per_class}
 
     extra = {"without_crf": scores(result["without_crf"])} if "without_crf" in result else {}
-    (out / "metrics.json").write_text(json.dumps(scores(result) | extra, indent=2))
+    write_json(out / "metrics.json", scores(result) | extra)  # NaN (a class with no pixels) as null
     viz.plot_per_class_iou(result["iou"], classes, out / "per_class_iou.png")
     rows = pictures(visuals, meta)
     if rows:
@@ -231,43 +244,104 @@ def _cityscapes_names(meta: dict, paths: list) -> list[str]:
     return [cityscapes.result_name(path) for path in paths]
 
 
-def predict_files(model: nn.Module, paths: Iterable[str | Path], out_dir: str | Path, *, crop: Size | None = None,
-                  stride: Size | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
-                  crf: dict | None = None, fmt: str = "palette", score_threshold: float | None = None,
-                  resize_short: int | None = None) -> list[Path]:
-    """For each image: ``<stem>.png`` (palette PNG of class ids) and ``<stem>_overlay.png`` (with a legend of the
-    classes present and their pixel shares) in ``out_dir``;
-    with ``fmt="cityscapes"`` also ``out_dir/labelIds/<city>_<seq>_<frame>_labelIds.png``, the train ids
+def _prediction_outputs(item: inputs.Input, out: Path, save_probs: bool, video_masks: bool,
+                        result_names: dict | None) -> list[Path]:
+    """The files ``predict_files`` writes for ``item`` in ``out`` (a video's mask frames: their folder)."""
+    base = out / item.name
+    if item.is_video:
+        overlay = base.with_name(base.name + "_overlay.mp4")
+        return [overlay, base] if video_masks else [overlay]
+    files = [base.with_name(base.name + ".png"), base.with_name(base.name + "_overlay.png")]
+    if save_probs:
+        files.append(base.with_name(base.name + "_probs.npz"))
+    if result_names is not None:
+        files.append(out / "labelIds" / result_names[item.path])
+    return files
+
+
+def _scores(model: nn.Module, images: list[torch.Tensor], meta: dict, crf: dict | None,
+            resize: tuple[int, int] | None, inference: dict) -> list[torch.Tensor]:
+    """Class scores (C,H,W) of each uint8 image (3,H,W) at its own size, on the CPU, from one forward pass over
+    the stacked batch: logits, or the CRF's probabilities with ``crf`` (their argmax is ``predict_labels``'s).
+    ``resize`` (H, W): the images are resized to it first (bilinear, antialiased) and the logits resized back to
+    each image's size bilinearly, before the CRF."""
+    batch = torch.stack([tv_resize(image, list(resize), antialias=True) if resize else image for image in images])
+    logits = infer_logits(model, batch, meta["mean"], meta["std"], **inference)
+    scores = []
+    for image, logit in zip(images, logits):
+        if logit.shape[-2:] != image.shape[-2:]:
+            logit = F.interpolate(logit[None], size=image.shape[-2:], mode="bilinear", align_corners=False)[0]
+        scores.append((logit[None] if crf is None else crf_refine(image[None], logit[None], crf))[0].cpu())
+    return scores
+
+
+def predict_files(model: nn.Module, paths: Iterable[inputs.Input | str | Path], out_dir: str | Path, *,
+                  crop: Size | None = None, stride: Size | None = None, scales: Sequence[float] = (1.0,),
+                  flip: bool = False, crf: dict | None = None, fmt: str = "palette",
+                  score_threshold: float | None = None, resize_short: int | None = None, batch_size: int = 1,
+                  resize: Sequence[int] | None = None, save_probs: bool = False, skip_existing: bool = False,
+                  video_masks: bool = False) -> inputs.Written:
+    """For each image (an ``engine.inputs.Input`` or a path; ``NAME`` its output name): ``OUT/NAME.png`` (palette
+    PNG of class ids) and ``OUT/NAME_overlay.png`` (with a legend of the classes present and their pixel shares);
+    with ``save_probs`` also ``OUT/NAME_probs.npz`` (key ``probs``: float16 (C,H,W) softmax probabilities, or the
+    CRF's); with ``fmt="cityscapes"`` also ``out_dir/labelIds/<city>_<seq>_<frame>_labelIds.png``, the train ids
     mapped to Cityscapes label ids, named as ``evalPixelLevelSemanticLabeling`` expects (point its
     ``CITYSCAPES_RESULTS`` at ``out_dir/labelIds``; the images must have Cityscapes names).
+    For each video: ``OUT/NAME_overlay.mp4`` (``engine.video.map_video``), with ``video_masks`` also the palette
+    PNGs ``OUT/NAME/frame_000000.png`` ....
 
-    ``model.meta`` (from ``seglab.models.load``) supplies mean/std and the palette. ``crop``, ``stride``,
-    ``scales`` and ``flip`` choose the inference mode (see ``infer_logits``); default: whole image.
-    ``crf``: ``seglab.crf.dense_crf`` keywords to refine each prediction with the dense CRF.
+    ``batch_size`` images of one size (or frames) go through the model together; ``resize`` (H, W) brings every
+    image to that size first, so any sizes batch (logits resized back bilinearly). ``skip_existing``: inputs whose
+    outputs all exist are skipped. ``model.meta`` (from ``seglab.models.load``) supplies mean/std and the palette.
+    ``crop``, ``stride``, ``scales`` and ``flip`` choose the inference mode (see ``infer_logits``); default: whole
+    image. ``crf``: ``seglab.crf.dense_crf`` keywords to refine each prediction with the dense CRF.
     ``resize_short``: run the model on the image resized to this short side in pixels, as the torchvision
     weights' own transforms do (520 for its segmentation models), the logits resized back to the image
-    (``infer_logits``); default: the image's own size. ``score_threshold`` is the instance models' option: an error here.
+    (``infer_logits``); default: the image's own size. ``score_threshold`` is the instance models' option: an
+    error here. Everything is checked (readable inputs, no two writing one file) before the first prediction.
     """
     if score_threshold is not None:
         raise ValueError("a score threshold applies to instance models only")
     if fmt not in FORMATS:
         raise ValueError(f"prediction format must be one of {FORMATS}, got {fmt!r}")
-    paths = list(paths)
-    meta = model.meta
-    result_names = _cityscapes_names(meta, paths) if fmt == "cityscapes" else None
-    out = Path(out_dir)
-    (out / "labelIds" if result_names else out).mkdir(parents=True, exist_ok=True)
-    written = []
+    if resize is not None and (len(resize) != 2 or min(resize) < 1):
+        raise ValueError(f"--resize takes a height and a width in pixels, got {' '.join(map(str, resize))}")
+    if resize is not None and resize_short is not None:
+        raise ValueError("--resize and --resize-short both set the model's input size: give one of them")
+    items = inputs.as_inputs(paths)
+    meta, out = model.meta, Path(out_dir)
+    image_paths = [item.path for item in items if not item.is_video]
+    result_names = dict(zip(image_paths, _cityscapes_names(meta, image_paths))) if fmt == "cityscapes" else None
+
+    def outputs(item: inputs.Input) -> list[Path]:
+        return _prediction_outputs(item, out, save_probs, video_masks, result_names)
+
+    todo, skipped = inputs.plan(items, outputs, batch_size, skip_existing)
+    written = inputs.Written(skipped=skipped)
+    inference = {"crop": crop, "stride": stride, "scales": scales, "flip": flip, "resize_short": resize_short}
+    palette = meta["palette"]
+
+    def draw_frames(frames: list[torch.Tensor]) -> list:
+        preds = [score.argmax(0) for score in _scores(model, frames, meta, crf, resize, inference)]
+        return [(viz.overlay(frame, pred, palette), viz.colorize(pred, palette) if video_masks else None)
+                for frame, pred in zip(frames, preds)]
+
     with inference_context(model):
-        for index, path in enumerate(tqdm(paths, desc="predict", unit="img")):
-            image = read_image(path)
-            pred = predict_labels(model, image[None], meta["mean"], meta["std"], crop=crop, stride=stride,
-                                  scales=scales, flip=flip, crf=crf, resize_short=resize_short)[0].cpu()
-            stem = Path(path).stem
-            viz.colorize(pred, meta["palette"]).save(out / f"{stem}.png")
-            viz.with_legend(viz.overlay(image, pred, meta["palette"]), pred, meta["classes"],
-                            meta["palette"]).save(out / f"{stem}_overlay.png")
-            if result_names:
-                Image.fromarray(cityscapes.label_ids(pred.numpy())).save(out / "labelIds" / result_names[index])
-            written.append(out / f"{stem}.png")
+        for batch in inputs.image_batches([i for i in todo if not i.is_video], batch_size, by_size=resize is None):
+            for (item, image), score in zip(batch, _scores(model, [image for _, image in batch], meta, crf, resize,
+                                                             inference)):
+                files = outputs(item)
+                files[0].parent.mkdir(parents=True, exist_ok=True)
+                pred = score.argmax(0)
+                viz.colorize(pred, palette).save(files[0])
+                viz.with_legend(viz.overlay(image, pred, palette), pred, meta["classes"], palette).save(files[1])
+                if save_probs:
+                    probs = score if crf is not None else score.softmax(0)
+                    np.savez_compressed(files[2], probs=probs.numpy().astype(np.float16))
+                if result_names:
+                    files[-1].parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(cityscapes.label_ids(pred.numpy())).save(files[-1])
+                written.files += len(files)
+                written.inputs += 1
+        inputs.predict_videos(todo, outputs, draw_frames, batch_size, written)
     return written

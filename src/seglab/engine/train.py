@@ -41,6 +41,7 @@ from .. import viz
 from ..io import safe_load, save_checkpoint
 from ..models import create, model_meta
 from . import distributed
+from .compiled import Compiled
 from .config import TrainConfig, save_config
 from .datasets import build_split
 from .optim import build_optimizer, build_scheduler
@@ -110,9 +111,10 @@ class Trainer:
         # the average of the unwrapped model, made before DDP wraps it (identical on every process)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) \
             if config.ema is not None else None
-        self.trained = self.model  # what the loop calls: the model, or under torchrun its DDP wrapper
+        # what the loop calls: the model (compiled with --compile), under torchrun in its DDP wrapper
+        self.trained = Compiled(self.model) if config.compile else self.model
         if distributed.active():
-            self.trained = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+            self.trained = DistributedDataParallel(self.trained, device_ids=[self.device] if self.device.type == "cuda"
                                                    else None)
         world = distributed.world_size()
         self.batches_per_epoch = len(self.train_set) // (config.batch_size * world * config.accumulate)

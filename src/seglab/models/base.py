@@ -54,6 +54,32 @@ def load_weights(model: nn.Module, path: str | None) -> nn.Module:
     return model
 
 
+DEVICES = "auto, cpu, cuda, cuda:N, mps"  # what check_device accepts
+
+
+def check_device(name: str) -> torch.device:
+    """The device ``name`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``; ``auto``: cuda when there is one, else the
+    CPU) when this machine has it; a ValueError in one line otherwise ("--device cuda: no CUDA device is
+    available here", "--device gpu: not a device; use one of …")."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: not a device; use one of {DEVICES}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: no CUDA device is available here")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: no MPS (Apple GPU) device is available here")
+    return device
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's parameters; the CPU for a model without (``seglab.export.OnnxModel``)."""
     return next(model.parameters(), torch.empty(0)).device

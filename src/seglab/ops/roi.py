@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair  # torchvision's size pair
 
+from .counting import add_gathered
+
 __all__ = ["roi_align", "roi_pool", "RoIAlign", "RoIPool", "MultiScaleRoIAlign", "fpn_levels", "convert_boxes_to_roi_format",
            "as_rois", "align_gather"]
 
@@ -70,13 +72,15 @@ def _chunks(total: int, per_item: Tensor) -> list[tuple[int, int]]:
 
 
 def _gather_rois(chunk_fn, table: Tensor, cost: Tensor, bins: int, chunk_args) -> Tensor:
-    """(K, bins, C): ``chunk_fn(table, *chunk_args(first, last))`` over chunks of RoIs bounded by ``cost``.
+    """(K, bins, C): ``chunk_fn(table, *chunk_args(first, last))`` over chunks of RoIs bounded by ``cost`` (the
+    values each RoI gathers per channel; also what ``ops.counting`` counts).
 
     A single chunk is gathered directly. Under autograd several chunks are each checkpointed (their
     gather indices are rebuilt in backward rather than kept) and concatenated; without autograd they
     are written into one preallocated output.
     """
     k, channels = cost.numel(), table.shape[1]
+    add_gathered(cost, channels)
     chunks = _chunks(k, cost)
     if len(chunks) == 1:
         return chunk_fn(table, *chunk_args(0, k)).view(k, bins, channels)
@@ -368,9 +372,9 @@ class MultiScaleRoIAlign(nn.Module):
 
 
 def _infer_scale(feature: Tensor, original: tuple[int, int]) -> float:
-    """The power-of-two scale of a feature map relative to the (padded) image size."""
-    scales = [2.0 ** round(math.log2(f / o)) for f, o in zip(feature.shape[-2:], original)]
-    if scales[0] != scales[1]:
-        raise ValueError(f"feature map {tuple(feature.shape[-2:])} has different scales along h and w "
-                         f"for an image of {original}")
-    return scales[0]
+    """The power-of-two scale 2^-k of a feature map relative to the images (``original``: their largest resized,
+    unpadded (h, w)): the smallest k at which the map covers the images along both axes. The map was computed
+    from the padded batch, so the ratio along a padded axis (e.g. 16 / 42 for a 42×64 image padded to 64×64) is
+    above 2^-k; torchvision rounds the ratio along h alone, which gives 1/2 there instead of 1/4."""
+    k = max(math.ceil(math.log2(o / f) - 1e-9) for f, o in zip(feature.shape[-2:], original))
+    return 2.0 ** -k
