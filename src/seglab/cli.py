@@ -131,6 +131,17 @@ def _load_model(args):
     return models.load(args.checkpoint, device=device, **_model_options(args))
 
 
+def _compiled(model, compile: bool):
+    """``model``, run through ``torch.compile`` with ``--compile`` (``engine.compiled.Compiled``)."""
+    if not compile:
+        return model
+    if not any(True for _ in model.parameters()):
+        raise ValueError("--compile applies to PyTorch models (--checkpoint, --model): onnxruntime runs an ONNX file")
+    from .engine.compiled import Compiled
+
+    return Compiled(model)
+
+
 def cmd_train(args) -> None:
     from .engine.train import train
 
@@ -148,7 +159,7 @@ def cmd_eval(args) -> None:
 
     source = _load_model(args) if args.model else args.checkpoint  # a model built here has used its options
     print(evaluate_checkpoint(source, args.out, inference={"batch_size": args.batch_size, **_inference_options(args)},
-                              **_setup_options(args)))
+                              compile=args.compile, **_setup_options(args)))
 
 
 def cmd_crf_tune(args) -> None:
@@ -163,7 +174,8 @@ def cmd_crf_tune(args) -> None:
 def cmd_predict(args) -> None:
     from .engine.predict import predict
 
-    print(predict(_load_model(args), args.inputs, Path(args.out), glob=args.glob, fmt=args.format,
+    print(predict(_compiled(_load_model(args), args.compile), args.inputs, Path(args.out), glob=args.glob,
+                  fmt=args.format,
                   resize_short=args.resize_short, score_threshold=args.score_threshold, batch_size=args.batch_size,
                   resize=args.resize, save_probs=args.save_probs, skip_existing=args.skip_existing,
                   video_masks=args.video_masks, **_inference_options(args)))
@@ -315,6 +327,12 @@ def _add_checkpoint_data_flags(parser: argparse.ArgumentParser, num_images: int 
                                    "repeatable")
 
 
+def _add_compile_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (the first calls compile; a model or backend it cannot compile "
+                             "runs without it, with a warning)")
+
+
 def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
     """Sliding-window / multi-scale / flip / CRF flags of ``eval`` and ``predict`` (semantic models)."""
     group = parser.add_argument_group("semantic inference")
@@ -354,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="semantic models: images per forward pass (default: 8)")
     evaluate.add_argument("--out", help="output directory (default: RUN_DIR/eval; needed with --model)")
     _add_inference_flags(evaluate)
+    _add_compile_flag(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     predict = commands.add_parser("predict", help="predict masks and overlays for images, folders and videos")
@@ -391,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="semantic models; cityscapes: also OUT/labelIds/<city>_<seq>_<frame>_labelIds.png for "
                               "the official evaluation (models of the 19 train ids) (default: palette)")
     _add_inference_flags(predict)
+    _add_compile_flag(predict)
     predict.set_defaults(func=cmd_predict)
 
     tune = commands.add_parser("crf-tune", help="grid-search the dense CRF's appearance kernel on validation images")
@@ -420,9 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "step) instead of inference")
     bench.add_argument("--amp", action="store_true", help="autocast: bfloat16 on CPU, float16 on CUDA")
     bench.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
-    bench.add_argument("--compile", action="store_true",
-                       help="torch.compile the model (its first, compiling call reported apart; a model or backend "
-                            "it cannot compile is measured without it, with a warning)")
+    _add_compile_flag(bench)
     bench.add_argument("--repeats", type=int, default=10, help="timed calls after 2 warm-up calls (default: 10)")
     bench.set_defaults(func=cmd_benchmark)
 

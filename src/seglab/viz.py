@@ -169,7 +169,7 @@ def plot_curves(metrics_jsonl, out_png) -> None:
     series: dict[str, tuple[list, list]] = {}
     for record in records:
         for key, value in record.items():
-            if key in ("loss", "lr") or key.startswith("val/"):
+            if value is not None and (key in ("loss", "lr") or key.startswith("val/")):  # null: a NaN not drawn
                 steps, values = series.setdefault(key, ([], []))
                 steps.append(record["step"])
                 values.append(value)

@@ -3,7 +3,6 @@ validation images, with the smoothness kernel fixed (w2 = 3, θγ = 3), as in Ch
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -13,7 +12,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..crf import dense_crf
-from ..io import writable_dir
+from ..io import writable_dir, write_json
 from ..metrics import SegmentationMetrics
 from .evaluate import evaluation_setup
 from .inference import infer_logits, inference_context
@@ -81,8 +80,8 @@ def crf_tune_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *
     flags = " ".join(f"--crf-param {key}={best[key]:g}" for key in ("bilateral_compat", "bilateral_sxy",
                                                                    "bilateral_srgb", "gaussian_compat", "gaussian_sxy"))
     out = writable_dir(out or path.parent / "crf_tune")
-    (out / "crf_tune.json").write_text(json.dumps({"images": len(dataset), "baseline_miou": baseline,
-                                                   "results": [{**p, "miou": m} for p, m in results]}, indent=2))
+    write_json(out / "crf_tune.json", {"images": len(dataset), "baseline_miou": baseline,
+                                       "results": [{**p, "miou": m} for p, m in results]})
     lines += ["", f"best: w1 = {best['bilateral_compat']:g}, θα = {best['bilateral_sxy']:g}, "
                   f"θβ = {best['bilateral_srgb']:g}: mIoU {miou:.4f} ({miou - baseline:+.4f} over no CRF)",
               f"use: seglab eval --checkpoint {checkpoint} --crf {flags}", f"wrote {out}/crf_tune.json"]

@@ -9,6 +9,7 @@ from torch import nn
 from ..io import resolve_checkpoint, safe_load, writable_dir
 from ..models import from_checkpoint, model_meta
 from ..models.base import check_device
+from .compiled import Compiled
 from .datasets import build_split
 from .tasks import task_module
 
@@ -49,17 +50,18 @@ def evaluation_setup(checkpoint: str | Path | nn.Module, *, data: str | None = N
 
 
 def evaluate_checkpoint(checkpoint: str | Path | nn.Module, out: str | Path | None = None, *,
-                        inference: dict | None = None, **setup) -> str:
+                        inference: dict | None = None, compile: bool = False, **setup) -> str:
     """Evaluate ``checkpoint`` (or a built model; ``evaluation_setup``'s ``setup`` keywords choose data and
     device) and write its task's report to ``out`` (default ``RUN_DIR/eval``; needed for a built model);
     ``inference``: the task's inference options (semantic models: batch size, sliding windows, scales, flip,
-    CRF). Returns the text to show: table and files written."""
+    CRF); ``compile``: run the model through ``torch.compile`` (``engine.compiled``). Returns the text to show:
+    table and files written."""
     path, model, dataset, trained = evaluation_setup(checkpoint, **setup)
     if out is None and path is None:
         raise ValueError("evaluating a model built by name needs --out: it has no run directory")
     out = writable_dir(out or path.parent / "eval")
     task = task_module(model.meta)
-    result, visuals = task.evaluate(model, dataset, model.meta, **(inference or {}))
+    result, visuals = task.evaluate(Compiled(model) if compile else model, dataset, model.meta, **(inference or {}))
     table = task.write_report(result, visuals, model.meta, out, config=trained,
                               run_dir=path.parent if path is not None else None)
     return f"{table}\nwrote {out}/: {', '.join(task.REPORT_FILES)}"

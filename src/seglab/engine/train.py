@@ -38,8 +38,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from tqdm import tqdm
 
 from .. import viz
-from ..io import safe_load, save_checkpoint
+from ..io import json_text, safe_load, save_checkpoint
 from ..models import create, model_meta
+from ..models.base import check_device
 from . import distributed
 from .compiled import Compiled
 from .config import TrainConfig, save_config
@@ -48,13 +49,6 @@ from .optim import build_optimizer, build_scheduler
 from .rng import rng_state, set_rng_state
 from .sampler import EpochBatchSampler, SeededTransforms
 from .tasks import task_module
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -85,7 +79,7 @@ class Trainer:
             raise ValueError(f"accumulate must be >= 1, got {config.accumulate}")
         self.config = config
         self.out = Path(config.out)
-        self.device = distributed.setup(resolve_device(config.device))
+        self.device = distributed.setup(check_device(config.device))
         self.main = distributed.is_main()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +241,7 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if self.main:
             with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json_text(record) + "\n")  # a skipped step's NaN loss as null
         if self.events is not None:
             for key, value in record.items():
                 if key not in ("step", "time"):
