@@ -6,7 +6,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 
 import numpy as np
@@ -15,17 +14,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from cli_run import seglab
 from seglab.data import Shapes
 from seglab.engine.instance import evaluate, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def seglab(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "seglab", *map(str, args)], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"seglab {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 class Page(HTMLParser):

@@ -23,6 +23,7 @@ pytest.importorskip("fastapi", reason="seglab serve needs the serve extra (pip i
 httpx = pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from cli_run import seglab  # noqa: E402
 from seglab import models  # noqa: E402
 from seglab.data import Shapes  # noqa: E402
 from seglab.data.coco_format import decode_rle  # noqa: E402
@@ -36,13 +37,6 @@ from seglab.serve.limits import BodyLimit  # noqa: E402
 SMALL_MASKRCNN = {"frozen_bn": False, "fpn_channels": 32, "representation_size": 64, "mask_layers": [16],
                   "anchor_sizes": [8, 16, 32, 64, 128], "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
                   "min_size": 64, "max_size": 64, "box_score_thresh": 0.0}
-
-
-def seglab(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "seglab", *map(str, args)], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"seglab {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def semantic_model_file(folder):

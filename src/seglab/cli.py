@@ -378,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="predict masks and overlays for images, folders and videos")
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="image files, folders (searched recursively) and videos (.mp4 .avi .mov .mkv .webm); "
-                              "outputs mirror each file's path below its folder input, an explicit file keeps its "
-                              "parent folder's name (a/coffee.jpg -> OUT/a/coffee.png)")
+                              "outputs mirror each file's path below its folder input; files named explicitly "
+                              "from several folders keep their folder's name (a/coffee.jpg -> OUT/a/coffee.png)")
     _add_model_source_flags(predict, onnx=True)
     predict.add_argument("--out", required=True, help="output directory")
     predict.add_argument("--glob", metavar="PATTERN",

@@ -211,6 +211,20 @@ def test_batch_equals_images_alone():
         torch.testing.assert_close(batched[b], alone, rtol=0, atol=1e-6)
 
 
+def test_buffered_iterations_without_autograd_equal_the_autograd_path():
+    """Under no_grad the score and Q are reused in place across iterations; with autograd every Q is kept.
+    Both give the same Q, for Potts weights and for a compatibility matrix."""
+    image, probs = synthetic_case()
+    p = torch.from_numpy(probs)
+    compat = -torch.eye(p.shape[0]) + 0.1 * torch.ones(p.shape[0], p.shape[0])
+    for options in ({}, {"compat": compat}):
+        with torch.no_grad():
+            buffered = dense_crf(image, p, **options)
+        tracked = dense_crf(image, p.clone().requires_grad_(), **options)
+        assert tracked.requires_grad
+        torch.testing.assert_close(buffered, tracked.detach(), rtol=0, atol=1e-6)
+
+
 def test_tensor_image_equals_numpy_image():
     image, probs = synthetic_case()
     p = torch.from_numpy(probs)

@@ -129,8 +129,9 @@ def test_early_stop_is_refused_without_val_every(tmp_path, capsys):
     assert error == ("seglab train: error: early_stop 3 needs --val-every N and a validation split "
                      "(the patience is counted in validations)")
     assert not (tmp_path / "cli").exists()
-    for bad, message in [(dict(ema=1.0), "ema: decay 1.0 is outside"), (dict(logger="wandb"), "logger: 'wandb'"),
-                         (dict(early_stop=0, val_every=2), "patience 0 must be >= 1")]:
+    for bad, message in [(dict(ema=1.0), r"ema must be a number in \[0, 1\), got 1.0"),
+                         (dict(logger="wandb"), "logger must be one of tensorboard, mlflow, got 'wandb'"),
+                         (dict(early_stop=0, val_every=2), "early_stop must be a positive integer, got 0")]:
         with pytest.raises(ValueError, match=message):
             tiny_config(tmp_path, **bad)
 

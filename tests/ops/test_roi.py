@@ -59,6 +59,24 @@ def test_roi_pool_equals_torchvision_forward_and_gradient(features, spatial_scal
     torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("output_size", [7, 14])
+def test_roi_pool_ties_give_torchvision_values_and_gradients_exactly(output_size):
+    """Features of three values tie in most bins: the gradient must go to the first maximum in row-major
+    order, as torchvision's. Integer upstream gradients make the sums exact in any order."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 3, (2, 6, 40, 48), generator=g).float()
+    boxes = random_boxes(60, 40, 48, 0.5, g).float()
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    a = roi_pool(ours, boxes, output_size, 0.5)
+    b = torchvision.ops.roi_pool(theirs, boxes, output_size, 0.5)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    upstream = torch.randint(-4, 5, a.shape, generator=g).float()
+    (a * upstream).sum().backward()
+    (b * upstream).sum().backward()
+    assert (ours.grad != 0).any()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=0)
+
+
 def test_float32_list_boxes_and_modules_match_torchvision(features):
     x, g = features
     x = x.float()
@@ -75,6 +93,7 @@ def test_chunked_gathers_give_the_same_result(features, monkeypatch):
     boxes = random_boxes(30, 13, 17, 0.25, g)
     whole_align, whole_pool = roi_align(x, boxes, 7, 0.25, -1), roi_pool(x, boxes, 7, 0.25)
     monkeypatch.setattr(roi_module, "_CHUNK_ENTRIES", 500)
+    monkeypatch.setattr(roi_module, "_POOL_CHUNK", 2000)
     torch.testing.assert_close(roi_align(x, boxes, 7, 0.25, -1), whole_align, rtol=0, atol=1e-12)
     torch.testing.assert_close(roi_pool(x, boxes, 7, 0.25), whole_pool, rtol=0, atol=0)
 

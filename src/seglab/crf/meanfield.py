@@ -162,14 +162,21 @@ def mean_field(unary: Tensor, messages, iterations: int) -> Tensor:
     """(P, C) unary energies -> (P, C) marginals after ``iterations`` parallel mean-field updates.
 
     ``messages``: (filter, M) pairs; the update adds −filter(Q)·M, or +filter(Q) when M is None (a
-    Potts kernel whose weight w is folded into the filter: −(−w·I)·K̃Q = w·K̃Q).
+    Potts kernel whose weight w is folded into the filter: −(−w·I)·K̃Q = w·K̃Q). Without autograd the
+    score and Q live in two buffers for all iterations: a fresh (P, C) tensor of a large image is a new
+    mapping whose page faults cost more than the arithmetic.
     """
     prior = -unary
     q = torch.softmax(prior, 1)
+    buffered = not torch.is_grad_enabled()  # autograd keeps every iteration's Q
+    score = torch.empty_like(prior) if buffered else None
     for _ in range(iterations):
-        score = prior
+        score = score.copy_(prior) if buffered else prior.clone()
         for filter_, matrix in messages:
             message = filter_.apply(q)
-            score = score + message if matrix is None else score - message @ matrix
-        q = torch.softmax(score, 1)
+            if matrix is None:
+                score.add_(message)
+            else:
+                score.addmm_(message, matrix, alpha=-1)
+        q = torch.softmax(score, 1, out=q if buffered else None)
     return q

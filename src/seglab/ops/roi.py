@@ -5,8 +5,9 @@ Both are weighted gathers over the feature map laid out channels-last, (N·H·W,
 is one bag of ``F.embedding_bag`` — the mean of bilinear samples for RoIAlign (each sample a weighted
 sum of 4 pixels), the max over the bin's pixels for RoIPool. Autograd gives the input gradient (boxes
 get none, as in torchvision). RoIs are processed in chunks of bounded size; under autograd each of
-several chunks is checkpointed (its gather indices rebuilt in backward), so the extra memory is one
-channels-last copy of the input plus one chunk, whatever the number of boxes.
+several RoIAlign chunks is checkpointed (its gather indices rebuilt in backward), so the extra memory is
+one channels-last copy of the input plus one chunk, whatever the number of boxes. RoIPool keeps instead,
+as torchvision, the position of each maximum (int32, the size of the output): its backward is a scatter.
 
 Under ONNX export (TorchScript exporter, opset >= 16) the ops are emitted as ONNX ``RoiAlign``
 (``coordinate_transformation_mode`` "half_pixel" for ``aligned=True``, "output_half_pixel" otherwise,
@@ -16,6 +17,7 @@ tracing, the values still come from the code here).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,9 @@ __all__ = ["roi_align", "roi_pool", "RoIAlign", "RoIPool", "MultiScaleRoIAlign",
            "as_rois", "align_gather"]
 
 _CHUNK_ENTRIES = 1 << 20  # gather entries per chunk: bounds the index tensors (tens of MB)
+# RoIPool's chunks, counted in pixels plus (bin, channel) maxima: int64 temporaries of 16 MB stay under
+# glibc's mmap threshold, so the allocator reuses their memory instead of page-faulting fresh pages.
+_POOL_CHUNK = 1 << 21
 
 
 def convert_boxes_to_roi_format(boxes: Tensor | list[Tensor]) -> Tensor:
@@ -56,15 +61,17 @@ def as_rois(input: Tensor, boxes: Tensor | list[Tensor]) -> Tensor:
     return convert_boxes_to_roi_format(boxes).detach().to(input.dtype)
 
 
-def _chunks(total: int, per_item: Tensor) -> list[tuple[int, int]]:
-    """Split range(total) into consecutive chunks whose summed ``per_item`` stays under the budget."""
+def _chunks(total: int, per_item: Tensor, budget: int | None = None) -> list[tuple[int, int]]:
+    """Split range(total) into consecutive chunks whose summed ``per_item`` stays under ``budget``
+    (default ``_CHUNK_ENTRIES``)."""
+    budget = budget or _CHUNK_ENTRIES
     if total == 0:
         return []
     ends = torch.cumsum(per_item, 0)
     chunks, start = [], 0
     while start < total:
         base = int(ends[start - 1]) if start else 0
-        stop = int(torch.searchsorted(ends, base + _CHUNK_ENTRIES, right=True))
+        stop = int(torch.searchsorted(ends, base + budget, right=True))
         stop = max(stop, start + 1)
         chunks.append((start, min(stop, total)))
         start = stop
@@ -226,7 +233,7 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
 def _pool(input: Tensor, rois: Tensor, pooled: tuple[int, int], spatial_scale: float) -> Tensor:
     """:func:`roi_pool` of (K, 5) ``rois``."""
     pooled_h, pooled_w = pooled
-    channels, height, width = input.shape[1:]
+    height, width = input.shape[2:]
     scaled = rois[:, 1:] * spatial_scale
     corner = (scaled.sign() * torch.floor(scaled.abs() + 0.5)).long()  # std::round
     start_x, start_y, end_x, end_y = corner.unbind(1)
@@ -237,11 +244,53 @@ def _pool(input: Tensor, rois: Tensor, pooled: tuple[int, int], spatial_scale: f
     rows = (y1 - y0).clamp_min(0)
     cols = (x1 - x0).clamp_min(0)
     area = rows[:, :, None] * cols[:, None, :]  # (K, ph, pw) pixels per bin
-    image = rois[:, 0].long()
-    out = _gather_rois(_pool_chunk, _channels_last_table(input), area.flatten(1).sum(1), pooled_h * pooled_w,
-                       lambda a, b: (image[a:b], y0[a:b], x0[a:b], rows[a:b], cols[a:b], area[a:b],
-                                     height * width, width))
-    return out.view(-1, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels-last memory
+    add_gathered(area.flatten(1).sum(1), input.shape[1])
+    return _BinMax.apply(input, rois[:, 0].long(), y0, x0, cols, area)
+
+
+class _BinMax(torch.autograd.Function):
+    """RoIPool's bin maxima (K, C, ph, pw), channels-last in memory, of (N, C, H, W) ``input``; the other
+    arguments are :func:`_pool_chunk`'s for all K RoIs. Forward keeps the element of ``input`` each (bin,
+    channel) maximum comes from — the first in row-major order, as torchvision — so backward is one
+    ``index_add`` (the whole gradient goes there) and nothing is recomputed. ``embedding_bag``'s max mode
+    runs on one thread, so the chunks go to ``torch.get_num_threads()`` Python threads (it releases the GIL).
+    """
+
+    @staticmethod
+    def forward(ctx, input, image, y0, x0, cols, area):
+        channels, height, width = input.shape[1:]
+        k, pooled_h, pooled_w = area.shape
+        bins = pooled_h * pooled_w
+        table = _channels_last_table(input.detach())  # worker threads may have grad mode on
+        out = table.new_empty(k * bins, channels)
+        wide = input.numel() >= 2**31 - 1  # int32 indices where they fit, as torchvision's argmax
+        argmax = torch.empty(k * bins, channels, dtype=torch.int64 if wide else torch.int32, device=input.device)
+        per_roi = area.flatten(1).sum(1) + bins * channels
+        workers = torch.get_num_threads() if input.device.type == "cpu" else 1
+        chunks = _chunks(k, per_roi, min(_POOL_CHUNK, max(1, -(-int(per_roi.sum()) // workers))))
+
+        def pool(chunk):
+            a, b = chunk
+            values, element = _pool_chunk(table, image[a:b], y0[a:b], x0[a:b], cols[a:b], area[a:b], (height, width))
+            out[a * bins:b * bins], argmax[a * bins:b * bins] = values, element
+
+        if workers > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(workers) as executor:
+                list(executor.map(pool, chunks))
+        else:
+            for chunk in chunks:
+                pool(chunk)
+        ctx.save_for_backward(argmax)
+        ctx.input_shape = input.shape
+        return out.view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (argmax,) = ctx.saved_tensors
+        grad = grad.permute(0, 2, 3, 1).reshape(-1)  # (K, ph, pw, C): the order of ``argmax``
+        total = ctx.input_shape.numel()
+        grad_input = grad.new_zeros(total + 1).index_add_(0, argmax.view(-1), grad)  # + one for the empty bins
+        return grad_input[:total].view(ctx.input_shape), None, None, None, None, None
 
 
 class _OnnxRoIPool(torch.autograd.Function):
@@ -267,10 +316,14 @@ def _pool_bins(start: Tensor, length: Tensor, pooled: int, limit: int, dtype) ->
     return lo.clamp(0, limit), hi.clamp(0, limit)
 
 
-def _pool_chunk(table, image, y0, x0, rows, cols, area, plane, width):
-    """RoIPool of a chunk of RoIs: one max-mode embedding_bag bag per output bin (empty bags give 0)."""
+def _pool_chunk(table, image, y0, x0, cols, area, size) -> tuple[Tensor, Tensor]:
+    """RoIPool of a chunk of K RoIs on ``table`` (N·H·W, C) of maps of ``size`` (H, W): one max-mode
+    ``embedding_bag`` bag per bin over its pixels in row-major order. Returns the bin maxima (K·ph·pw, C)
+    and the index of each in the (N, C, H, W) map flattened; an empty bin (outside the map) gives 0 and
+    index N·C·H·W, past the map."""
     k, pooled_h = y0.shape
     pooled_w = x0.shape[1]
+    height, width = size
     device = y0.device
     counts = area.reshape(-1)
     bin_of_pixel = torch.arange(counts.numel(), device=device).repeat_interleave(counts)
@@ -282,9 +335,15 @@ def _pool_chunk(table, image, y0, x0, rows, cols, area, plane, width):
     ncols = cols[roi, px]
     y = y0[roi, py] + within // ncols
     x = x0[roi, px] + within % ncols
+    plane = height * width
     index = image[roi] * plane + y * width + x
-    offsets = torch.cat([first, counts.sum().view(1)])  # a bin outside the map is empty and gives 0
-    return F.embedding_bag(index, table, offsets, mode="max", include_last_offset=True)
+    offsets = torch.cat([first, counts.sum().view(1)])
+    # mode 2 is max; ties keep the first maximum (a strict comparison), as torchvision
+    values, _, _, row = torch.embedding_bag(table, index, offsets, False, 2, False, None, True)
+    channels = table.shape[1]
+    element = row.add_(torch.arange(channels, device=device) * plane)  # in place: (bins, C) is large
+    element.add_(image.repeat_interleave(pooled_h * pooled_w)[:, None] * ((channels - 1) * plane))
+    return values, element.masked_fill_(counts[:, None] == 0, table.numel())  # embedding_bag gives row 0 there
 
 
 class RoIAlign(nn.Module):
