@@ -28,6 +28,9 @@ bench: $(BIN)/seglab
 	$(BIN)/python benchmarks/instance.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/predict.py
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -29,6 +29,15 @@ def test_resnet50_macs_are_torchvisions_published_4_09_g():
     assert count_macs(net, image) / 1e9 == pytest.approx(published, abs=5e-4)
 
 
+def test_seglab_deeplabv3_macs_are_torchvisions_published_178_7_g_at_520():
+    from torchvision.models.segmentation import DeepLabV3_ResNet50_Weights
+
+    with torch.device("meta"):
+        net, image = models.create("deeplabv3_resnet50", 21, aux=True), torch.empty(1, 3, 520, 520)
+    published = DeepLabV3_ResNet50_Weights.DEFAULT.meta["_ops"]  # with its aux head, at the weights' 520 px
+    assert count_macs(net.eval(), image) / 1e9 == pytest.approx(published, abs=5e-4)
+
+
 def test_roi_ops_count_four_macs_per_bilinear_sample_and_one_per_compared_value():
     features = torch.randn(1, 5, 32, 32)
     boxes = [torch.tensor([[0.0, 0.0, 13.0, 13.0], [2.0, 3.0, 20.0, 9.0]])]
