@@ -19,6 +19,7 @@ import seglab
 from seglab import hub
 from seglab.cli import main
 from seglab.engine import semantic
+from seglab.engine.inference import predict_labels
 from seglab.engine.config import TrainConfig
 from seglab.engine.train import train
 
@@ -96,7 +97,7 @@ def test_predict_with_no_checkpoint_writes_masks_overlays_with_the_class_names_p
           "--out", str(tmp_path / "out")])
     mask = torch.from_numpy(np.array(Image.open(tmp_path / "out" / "photo.png")))
     model = seglab.models.create("deeplabv3_resnet50", weights="DEFAULT").eval()
-    expected = semantic.predict_labels(model, image[None], model.meta["mean"], model.meta["std"])[0]
+    expected = predict_labels(model, image[None], model.meta["mean"], model.meta["std"])[0]
     assert torch.equal(mask.long(), expected)
     entries = seglab.viz.legend_entries(mask, model.meta["classes"])
     assert entries and all(name == DEEPLAB.meta["categories"][label] for label, name, _ in entries)

@@ -85,7 +85,7 @@ def test_a_checkpoint_holding_code_is_refused_without_advising_weights_only_fals
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
-@pytest.mark.parametrize("command", ["eval", "predict", "export", "eval-model"])
+@pytest.mark.parametrize("command", ["eval", "predict", "export", "eval-model", "benchmark"])
 @pytest.mark.parametrize("device, message", [
     ("cuda", "--device cuda: no CUDA device is available here"),
     ("cuda:1", "--device cuda:1: no CUDA device is available here"),
@@ -94,7 +94,8 @@ def test_a_device_this_machine_lacks_or_a_misspelt_one_is_one_line(command, devi
     argv = {"eval": ["eval", "--checkpoint", run, "--out", tmp_path / "eval"],
             "eval-model": ["eval", "--model", "fcn8s_vgg16", "--data", "shapes", "--out", tmp_path / "eval"],
             "predict": ["predict", "--checkpoint", run, run.parent / "photo.png", "--out", tmp_path / "pred"],
-            "export": ["export", "--checkpoint", run, "--out", tmp_path / "model.onnx"]}[command]
+            "export": ["export", "--checkpoint", run, "--out", tmp_path / "model.onnx"],
+            "benchmark": ["benchmark", "--checkpoint", run, "--size", 16, 16]}[command]
     error = fails(capsys, *argv, "--device", device)
     assert error == f"seglab {argv[0]}: error: {message}"
     assert not (tmp_path / "eval").exists() and not (tmp_path / "pred").exists()

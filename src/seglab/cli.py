@@ -185,9 +185,11 @@ def cmd_benchmark(args) -> None:
     from . import models
     from .engine.benchmark import HEADER, machine_line, measure, table_row
 
+    from .models.base import check_device
+
     options = {"size": tuple(args.size), "batch": args.batch, "train": args.train, "amp": args.amp,
                "channels_last": args.channels_last, "compile": args.compile, "repeats": args.repeats}
-    print(machine_line(args.device))
+    print(machine_line(str(check_device(args.device))))  # a device this machine lacks: one line, no table
     print(HEADER)
     if not args.all:
         print(table_row(measure(_load_model(args), **options)), flush=True)

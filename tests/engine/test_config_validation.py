@@ -103,7 +103,7 @@ def test_a_nan_before_any_checkpoint_says_no_checkpoint_was_written(tmp_path, mo
     monkeypatch.setattr(losses, "cross_entropy", lambda *a, **k: real_loss(*a, **k) * float("nan"))
     with pytest.raises(FloatingPointError) as error:
         train(tiny_config(tmp_path, iters=8, ckpt_every=4, val_split=None))
-    assert "training stopped, no checkpoint was written yet" in str(error.value)
+    assert "training stopped (no checkpoint was written yet)" in str(error.value)
     assert "last.pt" not in str(error.value) and not (tmp_path / "run" / "last.pt").exists()
 
 

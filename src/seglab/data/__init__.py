@@ -80,9 +80,9 @@ def reader_options(name: str) -> list[str]:
 
 def check_reader_options(name: str, options: dict) -> None:
     """ValueError naming the unknown keys when ``options`` are not all reader options of dataset ``name``."""
-    unknown = sorted(set(options) - set(reader_options(name)))
+    known = reader_options(name)
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        known = reader_options(name)
         raise ValueError(f"data_options: {', '.join(map(repr, unknown))} is not an option of the {name!r} reader; "
                          + (f"its options: {', '.join(known)}" if known else "it takes none"))
 

@@ -109,14 +109,14 @@ class SemanticFiles(torch.utils.data.Dataset):
         self.files = files
         self.classes = tuple(classes)
         self.palette = palette
-        self.mask_map = None if mask_map is None else check_mask_map(mask_map, len(self.classes))
+        mask_map = None if mask_map is None else check_mask_map(mask_map, len(self.classes))
         self.mask_colours = mask_colours
         self.exif_transpose = exif_transpose
         self.warnings: list[str] = []
         self._lookup = None
-        if self.mask_map:
+        if mask_map:
             self._lookup = np.arange(256, dtype=np.uint8)
-            for key, value in self.mask_map.items():
+            for key, value in mask_map.items():
                 self._lookup[key] = value
 
     def __len__(self) -> int:

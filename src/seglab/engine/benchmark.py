@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..models.base import model_device
 from ..ops.counting import counting
 from .compiled import Compiled
 from .tasks import task_module
@@ -80,26 +81,23 @@ def _timed(call: Callable[[], object], device: torch.device) -> float:
 
 def measure(model: nn.Module, *, size: tuple[int, int] = (512, 512), batch: int = 1, train: bool = False,
             amp: bool = False, channels_last: bool = False, compile: bool = False, repeats: int = 10,
-            warmup: int = 2, name: str | None = None) -> Measurement:
+            warmup: int = 2) -> Measurement:
     """Benchmark ``model`` (with ``.meta``; on its device) on a synthetic batch of ``batch`` images of ``size``
     (H, W) pixels: inference (eval mode, no gradients) or, with ``train``, one training step (forward, the task's
     loss, backward, SGD step). ``amp``: autocast (bfloat16 on CPU, float16 on CUDA); ``channels_last``: NHWC
     weights and inputs; ``compile``: ``torch.compile`` (the first call, which compiles, timed apart).
     ``warmup`` untimed calls, then ``repeats`` timed ones."""
     task = task_module(model.meta)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     generator = torch.Generator().manual_seed(0)
     images, targets = task.synthetic_batch(model.meta, batch, size, generator)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
     parameters = sum(p.numel() for p in model.parameters())
-    model.train(train)
     macs = None
     if parameters:  # an ONNX file runs outside torch: nothing to count
-        inputs = task.model_inputs(images, device, memory_format)
-        model.eval()
-        macs = count_macs(model, inputs)
-        model.train(train)
+        macs = count_macs(model.eval(), task.model_inputs(images, device, memory_format))
+    model.train(train)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16,
                               enabled=amp)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6) if train else None
@@ -128,7 +126,7 @@ def measure(model: nn.Module, *, size: tuple[int, int] = (512, 512), batch: int 
     times = sorted(_timed(lambda: step(runner), device) for _ in range(repeats))
     p50 = statistics.median(times)
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    return Measurement(name or model.meta["model"], "train" if train else "inference", parameters, macs, p50, p95,
+    return Measurement(model.meta["model"], "train" if train else "inference", parameters, macs, p50, p95,
                        batch / p50, _host_peak_mib(),
                        torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None, compile_s)
 

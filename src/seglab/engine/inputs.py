@@ -153,6 +153,13 @@ def image_batches(items: Sequence[Input], batch_size: int, by_size: bool
             bar.update(len(batch))
 
 
+def video_outputs(base: Path, video_masks: bool) -> list[Path]:
+    """What a video input named ``base`` (in the output folder, without extension) gives: ``BASE_overlay.mp4``,
+    and with ``video_masks`` the folder ``BASE/`` of its frames' label images."""
+    overlay = base.with_name(base.name + "_overlay.mp4")
+    return [overlay, base] if video_masks else [overlay]
+
+
 def predict_videos(items: Sequence[Input], outputs: Callable[[Input], list[Path]], draw: video.Draw, batch_size: int,
                    written: Written) -> None:
     """``video.map_video`` of every video among ``items`` to its first output (the overlay video; a second output
@@ -160,11 +167,11 @@ def predict_videos(items: Sequence[Input], outputs: Callable[[Input], list[Path]
     for item in (item for item in items if item.is_video):
         files = outputs(item)
         masks_dir = files[1] if len(files) > 1 else None
-        frames = video.map_video(item.path, files[0], draw, batch_size, masks_dir)
+        info = video.probe(item.path)
+        frames = video.map_video(item.path, files[0], draw, batch_size, masks_dir, info)
         written.files += 1 + (frames if masks_dir else 0)
         written.inputs += 1
         written.note(f"videos encoded with {video.codec()}")
-        info = video.probe(item.path)
         if video.even_size(info.width, info.height) != (info.width, info.height):
             written.note(f"{item.path}: {info.width}×{info.height} frames padded to "
                          f"{'×'.join(map(str, video.even_size(info.width, info.height)))} (yuv420p needs even sizes)")

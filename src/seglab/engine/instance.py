@@ -3,7 +3,6 @@ through pycocotools, pictures, the report and prediction on image files. The sam
 ``engine.semantic`` (the task seam, ``engine.tasks``)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -152,11 +151,18 @@ def ground_truth(dataset) -> tuple[COCO, dict[int, int], list[int]]:
     return coco, {i: i for i in range(1, len(dataset.classes))}, [image["id"] for image in images]
 
 
-def detect(model: nn.Module, image: torch.Tensor, device: torch.device | None = None) -> dict[str, torch.Tensor]:
-    """The detections of one uint8 image (3,H,W), on the CPU: boxes (K,4) xyxy pixels, labels (K,), scores (K,),
-    masks (K,1,H,W) probabilities."""
+def detect_batch(model: nn.Module, images: list[torch.Tensor],
+                 device: torch.device | None = None) -> list[dict[str, torch.Tensor]]:
+    """The detections of each uint8 image (3,H,W), the list through the model in one call, on the CPU: boxes (K,4)
+    xyxy pixels, labels (K,), scores (K,), masks (K,1,H,W) probabilities."""
     device = model_device(model) if device is None else device
-    return {key: value.cpu() for key, value in model([image.to(device).float() / 255])[0].items()}
+    return [{key: value.cpu() for key, value in prediction.items()}
+            for prediction in model([image.to(device).float() / 255 for image in images])]
+
+
+def detect(model: nn.Module, image: torch.Tensor, device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """``detect_batch`` of one uint8 image (3,H,W)."""
+    return detect_batch(model, [image], device)[0]
 
 
 def shown_detections(prediction: dict[str, torch.Tensor], meta: dict,
@@ -251,20 +257,17 @@ def _prediction_outputs(item: inputs.Input, out: Path, video_masks: bool) -> lis
     """The files ``predict_files`` writes for ``item`` in ``out`` (a video's mask frames: their folder)."""
     base = out / item.name
     if item.is_video:
-        overlay = base.with_name(base.name + "_overlay.mp4")
-        return [overlay, base] if video_masks else [overlay]
+        return inputs.video_outputs(base, video_masks)
     return [base.with_name(base.name + "_instances.png"), base.with_name(base.name + ".json")]
 
 
 def _shown_batch(model: nn.Module, images: list[torch.Tensor], device: torch.device, meta: dict,
                  score_threshold: float | None) -> list[dict[str, torch.Tensor]]:
     """``shown_detections`` of each uint8 image (3,H,W), the list through the model in one call."""
-    predictions = model([image.to(device).float() / 255 for image in images])
-    return [shown_detections({key: value.cpu() for key, value in prediction.items()}, meta, score_threshold)
-            for prediction in predictions]
+    return [shown_detections(prediction, meta, score_threshold) for prediction in detect_batch(model, images, device)]
 
 
-def _drawing(image: torch.Tensor, shown: dict[str, torch.Tensor], meta: dict) -> Image.Image:
+def drawing(image: torch.Tensor, shown: dict[str, torch.Tensor], meta: dict) -> Image.Image:
     """``viz.draw_instances`` of ``shown_detections`` on the uint8 image (3,H,W)."""
     return viz.draw_instances(image, shown["boxes"], shown["labels"], shown["masks"], meta["classes"],
                               meta["palette"], shown["scores"])
@@ -309,17 +312,17 @@ def predict_files(model: nn.Module, paths: Iterable[inputs.Input | str | Path], 
     written = inputs.Written(skipped=skipped)
 
     def draw_frames(frames: list[torch.Tensor]) -> list:
-        return [(_drawing(frame, shown, meta), _class_map(shown, meta, frame.shape[-2:]) if video_masks else None)
+        return [(drawing(frame, shown, meta), _class_map(shown, meta, frame.shape[-2:]) if video_masks else None)
                 for frame, shown in zip(frames, _shown_batch(model, frames, device, meta, score_threshold))]
 
     with inference_context(model):
         for batch in inputs.image_batches([i for i in todo if not i.is_video], batch_size, by_size=False):
             images = [image for _, image in batch]
             for (item, image), shown in zip(batch, _shown_batch(model, images, device, meta, score_threshold)):
-                drawing, records = outputs(item)
-                drawing.parent.mkdir(parents=True, exist_ok=True)
-                _drawing(image, shown, meta).save(drawing)
-                records.write_text(json.dumps(detection_records(shown, meta), indent=1))
+                drawing_path, records = outputs(item)
+                drawing_path.parent.mkdir(parents=True, exist_ok=True)
+                drawing(image, shown, meta).save(drawing_path)
+                write_json(records, detection_records(shown, meta), indent=1)
                 written.files += 2
                 written.inputs += 1
         inputs.predict_videos(todo, outputs, draw_frames, batch_size, written)

@@ -28,7 +28,7 @@ from ..io import write_json
 from ..metrics import SegmentationMetrics, format_table
 from ..metrics.semantic import image_miou
 from . import distributed, inputs
-from .inference import Size, crf_refine, infer_logits, inference_context, predict_labels
+from .inference import Size, crf_refine, infer_logits, inference_context
 
 DEFAULT_METRIC = "miou"
 METRICS = tuple(report.SEMANTIC_METRICS)  # what summary() gives, the names --best-metric may take
@@ -249,8 +249,7 @@ def _prediction_outputs(item: inputs.Input, out: Path, save_probs: bool, video_m
     """The files ``predict_files`` writes for ``item`` in ``out`` (a video's mask frames: their folder)."""
     base = out / item.name
     if item.is_video:
-        overlay = base.with_name(base.name + "_overlay.mp4")
-        return [overlay, base] if video_masks else [overlay]
+        return inputs.video_outputs(base, video_masks)
     files = [base.with_name(base.name + ".png"), base.with_name(base.name + "_overlay.png")]
     if save_probs:
         files.append(base.with_name(base.name + "_probs.npz"))

@@ -75,8 +75,6 @@ class Trainer:
     """Holds the state of one run directory; ``run()`` trains to ``config.iters`` (or ``stop_at``)."""
 
     def __init__(self, config: TrainConfig):
-        if config.accumulate < 1:
-            raise ValueError(f"accumulate must be >= 1, got {config.accumulate}")
         self.config = config
         self.out = Path(config.out)
         self.device = distributed.setup(check_device(config.device))
@@ -309,10 +307,9 @@ class Trainer:
         """Skip the step (``skip_nonfinite``) or stop training with the last good checkpoint intact."""
         what = f"loss {loss_value}" if not math.isfinite(loss_value) else "a non-finite gradient"
         if not self.config.skip_nonfinite:
-            kept = "no checkpoint was written yet" if self.saved_step is None else \
-                f"the last good checkpoint {self.out / 'last.pt'} (step {self.saved_step}) is left intact"
-            raise FloatingPointError(f"{what} at step {self.step + 1}: training stopped, {kept}; lower the learning "
-                                     f"rate, check the data, or pass --skip-nonfinite to skip such steps.")
+            raise FloatingPointError(f"{what} at step {self.step + 1}: training stopped ({self._last_good()}); lower "
+                                     f"the learning rate, check the data, or pass --skip-nonfinite to skip such "
+                                     f"steps.")
         self.skipped += 1
         self.optimizer.zero_grad(set_to_none=True)
         self._say(f"seglab: {what} at step {self.step + 1}: step skipped ({self.skipped} so far)")

@@ -63,13 +63,15 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width + width % 2, height + height % 2
 
 
-def map_video(source: Path, target: Path, draw: Draw, batch_size: int, masks_dir: Path | None = None) -> int:
+def map_video(source: Path, target: Path, draw: Draw, batch_size: int, masks_dir: Path | None = None,
+              info: VideoInfo | None = None) -> int:
     """Decode ``source``, ``draw`` its frames ``batch_size`` at a time and encode the drawn frames to ``target``
     (MP4, ``codec()``, yuv420p, the source's frame rate and size; an odd width or height is padded with one black
     column or row, see ``even_size``). With ``masks_dir`` the label images go to
     ``masks_dir/frame_000000.png`` .... ``target`` is written under a temporary name and renamed when complete,
-    so an interrupted run leaves none. Returns the number of frames."""
-    av, info = _av(), probe(source)
+    so an interrupted run leaves none. ``info``: ``probe(source)``, when the caller has it. Returns the number of
+    frames."""
+    av, info = _av(), info or probe(source)
     width, height = even_size(info.width, info.height)
     partial = target.with_name(f".{target.stem}.partial{target.suffix}")
     target.parent.mkdir(parents=True, exist_ok=True)

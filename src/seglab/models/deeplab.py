@@ -47,13 +47,13 @@ class LargeFOVHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc8(self.fc7(self.fc6(self.pool5a(x))))
 
-    def load_vgg16_fc(self, state: dict) -> bool:
+    def load_vgg16_fc(self, state: dict) -> None:
         """Initialise fc6/fc7 from torchvision VGG16's fc6/fc7 (``classifier.0``, ``classifier.3``) by decimation,
-        in place: see :func:`decimate_vgg16_fc`. False, leaving both fresh, when ``state`` lacks them
+        in place: see :func:`decimate_vgg16_fc`. Both stay fresh when ``state`` lacks them
         (``IMAGENET1K_FEATURES``, whose classifier is NaN and left out by ``backbones.pretrained.imagenet_state``)."""
         decimated = decimate_vgg16_fc(state, self.fc6[0].out_channels, self.fc6[0].kernel_size[0])
         if decimated is None:
-            return False
+            return
         with torch.no_grad():
             for layer, (weight, bias) in zip((self.fc6[0], self.fc7[0]), decimated):
                 if weight.shape != layer.weight.shape:
@@ -61,7 +61,6 @@ class LargeFOVHead(nn.Module):
                                      f"head {tuple(layer.weight.shape)}: ImageNet weights need width_mult=1")
                 layer.weight.copy_(weight)
                 layer.bias.copy_(bias)
-        return True
 
 
 VGG16_FC = 4096, 7  # VGG16's fc6/fc7 width and fc6's kernel (7×7 over pool5)

@@ -33,6 +33,14 @@ _CHUNK_ENTRIES = 1 << 20  # gather entries per chunk: bounds the index tensors (
 # RoIPool's chunks, counted in pixels plus (bin, channel) maxima: int64 temporaries of 16 MB stay under
 # glibc's mmap threshold, so the allocator reuses their memory instead of page-faulting fresh pages.
 _POOL_CHUNK = 1 << 21
+_threads: dict[int, ThreadPoolExecutor] = {}  # RoIPool's worker threads, one pool per thread count, kept
+
+
+def _pool_threads(workers: int) -> ThreadPoolExecutor:
+    """A kept pool of ``workers`` threads (made once, not on every RoIPool call)."""
+    if workers not in _threads:
+        _threads[workers] = ThreadPoolExecutor(workers, thread_name_prefix="seglab-roi-pool")
+    return _threads[workers]
 
 
 def convert_boxes_to_roi_format(boxes: Tensor | list[Tensor]) -> Tensor:
@@ -244,20 +252,21 @@ def _pool(input: Tensor, rois: Tensor, pooled: tuple[int, int], spatial_scale: f
     rows = (y1 - y0).clamp_min(0)
     cols = (x1 - x0).clamp_min(0)
     area = rows[:, :, None] * cols[:, None, :]  # (K, ph, pw) pixels per bin
-    add_gathered(area.flatten(1).sum(1), input.shape[1])
-    return _BinMax.apply(input, rois[:, 0].long(), y0, x0, cols, area)
+    pixels = area.flatten(1).sum(1)  # (K,) values each RoI compares per channel
+    add_gathered(pixels, input.shape[1])
+    return _BinMax.apply(input, rois[:, 0].long(), y0, x0, cols, area, pixels)
 
 
 class _BinMax(torch.autograd.Function):
     """RoIPool's bin maxima (K, C, ph, pw), channels-last in memory, of (N, C, H, W) ``input``; the other
-    arguments are :func:`_pool_chunk`'s for all K RoIs. Forward keeps the element of ``input`` each (bin,
+    arguments are :func:`_pool_chunk`'s for all K RoIs, and ``pixels`` (K,) their bins' pixel totals. Forward keeps the element of ``input`` each (bin,
     channel) maximum comes from — the first in row-major order, as torchvision — so backward is one
     ``index_add`` (the whole gradient goes there) and nothing is recomputed. ``embedding_bag``'s max mode
     runs on one thread, so the chunks go to ``torch.get_num_threads()`` Python threads (it releases the GIL).
     """
 
     @staticmethod
-    def forward(ctx, input, image, y0, x0, cols, area):
+    def forward(ctx, input, image, y0, x0, cols, area, pixels):
         channels, height, width = input.shape[1:]
         k, pooled_h, pooled_w = area.shape
         bins = pooled_h * pooled_w
@@ -265,7 +274,7 @@ class _BinMax(torch.autograd.Function):
         out = table.new_empty(k * bins, channels)
         wide = input.numel() >= 2**31 - 1  # int32 indices where they fit, as torchvision's argmax
         argmax = torch.empty(k * bins, channels, dtype=torch.int64 if wide else torch.int32, device=input.device)
-        per_roi = area.flatten(1).sum(1) + bins * channels
+        per_roi = pixels + bins * channels
         workers = torch.get_num_threads() if input.device.type == "cpu" else 1
         chunks = _chunks(k, per_roi, min(_POOL_CHUNK, max(1, -(-int(per_roi.sum()) // workers))))
 
@@ -275,8 +284,7 @@ class _BinMax(torch.autograd.Function):
             out[a * bins:b * bins], argmax[a * bins:b * bins] = values, element
 
         if workers > 1 and len(chunks) > 1:
-            with ThreadPoolExecutor(workers) as executor:
-                list(executor.map(pool, chunks))
+            list(_pool_threads(workers).map(pool, chunks))
         else:
             for chunk in chunks:
                 pool(chunk)
@@ -290,7 +298,7 @@ class _BinMax(torch.autograd.Function):
         grad = grad.permute(0, 2, 3, 1).reshape(-1)  # (K, ph, pw, C): the order of ``argmax``
         total = ctx.input_shape.numel()
         grad_input = grad.new_zeros(total + 1).index_add_(0, argmax.view(-1), grad)  # + one for the empty bins
-        return grad_input[:total].view(ctx.input_shape), None, None, None, None, None
+        return grad_input[:total].view(ctx.input_shape), None, None, None, None, None, None
 
 
 class _OnnxRoIPool(torch.autograd.Function):

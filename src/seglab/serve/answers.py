@@ -88,8 +88,7 @@ def instances(model: nn.Module, image: torch.Tensor, meta: dict, score_threshold
     records = instance.detection_records(shown, meta)
     for record, rle in zip(records, encode_masks(shown["masks"]) if len(records) else []):
         record["mask"] = rle
-    drawing = png_bytes(viz.draw_instances(image, shown["boxes"], shown["labels"], shown["masks"], meta["classes"],
-                                           meta["palette"], shown["scores"]))
+    drawing = png_bytes(instance.drawing(image, shown, meta))
     return {"detections": records, "drawing_png": _b64(drawing)}, drawing
 
 
