@@ -54,3 +54,23 @@ def test_scheduler_and_optimizer_follow_the_factor():
     assert optimizer.param_groups[1]["weight_decay"] == 0.0  # biases are not decayed
     with pytest.raises(ValueError, match="adam"):
         build_optimizer(model, TrainConfig(optimizer="adam"))
+
+
+def test_lr_mult_of_a_module_scales_its_parameters_rate_and_follows_the_schedule():
+    """A module's ``lr_mult`` (the innermost wins) puts its weights and biases in groups at that multiple of the
+    rate, still scheduled; everything else keeps the base rate in groups 0 and 1."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
+    model[1].lr_mult, model[1][1].lr_mult = 3.0, 0.5
+    config = TrainConfig(schedule="poly", lr=0.2, optimizer="sgd", weight_decay=1e-4)
+    optimizer = build_optimizer(model, config)
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert rates[id(model[0].weight)] == rates[id(model[0].bias)] == pytest.approx(0.2)
+    assert rates[id(model[1][0].weight)] == rates[id(model[1][0].bias)] == pytest.approx(0.6)
+    assert rates[id(model[1][1].weight)] == rates[id(model[1][1].bias)] == pytest.approx(0.1)
+    assert [value for g in optimizer.param_groups for value in (g["lr"], g["weight_decay"])] == pytest.approx(
+        [0.2, 1e-4, 0.2, 0.0, 0.1, 1e-4, 0.6, 1e-4, 0.1, 0.0, 0.6, 0.0])
+    scheduler = build_scheduler(optimizer, 20, config)
+    optimizer.step()
+    scheduler.step()
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert rates[id(model[1][0].weight)] == pytest.approx(0.6 * lr_factor(1, 20, config))

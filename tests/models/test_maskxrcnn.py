@@ -1,9 +1,11 @@
-"""Mask^X R-CNN: the weight transfer τ, the stop-gradient, partial mask supervision, the MLP branch, the
-class-agnostic baseline, and a checkpoint round trip through training and resume."""
+"""Mask^X R-CNN: the weight transfer τ (the reference's layers, fills and Table 2 options), the stop-gradient,
+partial mask supervision, the MLP branch, parameter counts, the class-agnostic baseline, and a checkpoint round
+trip through training and resume."""
 import pytest
 import torch
 
 from seglab import models
+from seglab.models import registry
 from seglab.io import safe_load as load_checkpoint
 from seglab.engine.config import TrainConfig
 from seglab.engine.train import Trainer, train
@@ -27,13 +29,36 @@ def test_detection_weights_are_the_class_rows_of_the_box_predictor():
         detection_weights(predictor, "mask")
 
 
-def test_weight_transfer_is_a_two_layer_mlp_with_leaky_relu():
-    torch.manual_seed(0)
+def test_weight_transfer_defaults_to_the_references_two_layers_with_leaky_relu_slope_0_1():
     transfer = WeightTransfer(10, 4, hidden=7)
-    w = torch.randn(3, 10)
-    expected = transfer.fc2(torch.where(transfer.fc1(w) > 0, transfer.fc1(w), 0.01 * transfer.fc1(w)))
-    assert transfer(w).shape == (3, 4)
-    torch.testing.assert_close(transfer(w), expected)
+    assert [name for name, _ in transfer.named_children()] == ["fc1", "act1", "fc2"]
+    assert isinstance(transfer.act1, torch.nn.LeakyReLU) and transfer.act1.negative_slope == 0.1
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("activation, slope", [("relu", 0.0), ("leaky_relu", 0.1)])
+def test_weight_transfer_depth_and_activation_follow_table_2(depth, activation, slope):
+    torch.manual_seed(1)
+    transfer = WeightTransfer(10, 4, hidden=6, depth=depth, activation=activation)
+    layers = [transfer.get_submodule(f"fc{i}") for i in range(1, depth + 1)]
+    widths = [10] + [6] * (depth - 1) + [4]  # depth 1: one linear map, no hidden layer
+    assert [tuple(layer.weight.shape) for layer in layers] == list(zip(widths[1:], widths))
+    assert sum(p.numel() for p in transfer.parameters()) == sum(o * i + o for o, i in zip(widths[1:], widths))
+    x = torch.randn(5, 10)
+    expected = x
+    for i, layer in enumerate(layers):
+        expected = expected @ layer.weight.T + layer.bias
+        if i < depth - 1:
+            expected = torch.where(expected > 0, expected, slope * expected)
+    torch.testing.assert_close(transfer(x), expected)
+
+
+def test_weight_transfer_is_msra_filled_with_zero_biases_like_caffe2():
+    torch.manual_seed(2)
+    transfer = WeightTransfer(5120, 256, hidden=256)  # R50-FPN widths: cls+box in, the mask head's 256 out
+    for layer in (transfer.fc1, transfer.fc2):  # Caffe2 MSRAFill: N(0, 2 / fan_out), fan_out = out_features
+        assert layer.weight.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.03)
+        assert abs(layer.weight.mean().item()) < 0.003 and torch.count_nonzero(layer.bias) == 0
 
 
 @pytest.mark.parametrize("stop_gradient", [True, False])
@@ -50,16 +75,61 @@ def test_mask_loss_trains_tau_and_reaches_the_detection_weights_only_without_sto
     assert (box.bbox_pred.weight.grad is not None) != stop_gradient
 
 
-def test_logits_are_the_transferred_1x1_convolution_plus_the_mlp_branch():
+def test_logits_are_the_transferred_1x1_convolution_without_a_bias():
     torch.manual_seed(2)
     box = FastRCNNPredictor(12, 4)
-    predictor = MaskXPredictor(8, 6, 12, transfer_input="cls", mlp_branch=True, mlp_hidden=20)
+    predictor = MaskXPredictor(8, 6, 12, transfer_input="cls")
+    assert {name.split(".")[0] for name, _ in predictor.named_parameters()} == {"conv5_mask", "transfer"}
     x = torch.randn(2, 8, 14, 14)
     features = torch.relu(predictor.conv5_mask(x))
-    weights = predictor.transfer(box.cls_score.weight)
-    fcn = torch.nn.functional.conv2d(features, weights[:, :, None, None]) + predictor.bias
-    mlp = predictor.mlp(x).view(2, 1, 28, 28)
-    torch.testing.assert_close(predictor(x, box), fcn + mlp)
+    fcn = torch.nn.functional.conv2d(features, predictor.transfer(box.cls_score.weight)[:, :, None, None])
+    torch.testing.assert_close(predictor(x, box), fcn)
+
+
+def test_mlp_branch_is_one_fc_layer_on_the_deconvolved_features_tiled_over_classes():
+    torch.manual_seed(3)
+    box = FastRCNNPredictor(12, 4)
+    predictor = MaskXPredictor(8, 6, 12, transfer_input="cls", mlp_branch=True)
+    assert predictor.mlp.weight.shape == (28 * 28, 6 * 28 * 28)  # (2m)² logits from dim_reduced·(2m)² features
+    assert predictor.mlp.weight.std().item() == pytest.approx(0.001, rel=0.02)  # the reference's GaussianFill
+    assert torch.count_nonzero(predictor.mlp.bias) == 0
+    x = torch.randn(2, 8, 14, 14)
+    features = torch.relu(predictor.conv5_mask(x))
+    fcn = torch.nn.functional.conv2d(features, predictor.transfer(box.cls_score.weight)[:, :, None, None])
+    mlp = (features.flatten(1) @ predictor.mlp.weight.T + predictor.mlp.bias).view(2, 1, 28, 28)
+    logits = predictor(x, box)
+    torch.testing.assert_close(logits, fcn + mlp.repeat(1, 4, 1, 1))
+    added = logits - fcn
+    assert added.abs().max() > 0 and torch.allclose(added, added[:, :1].expand_as(added), atol=1e-6)
+
+
+def test_parameter_counts_follow_from_the_layer_shapes():
+    """R50-FPN, 21 classes: Mask R-CNN's 1×1 class logits (256·21 + 21) give way to τ (5120 → 256 → 256, the
+    reference's widths); the MLP branch adds 256·28² → 28²."""
+    tau = (5 * 1024 * 256 + 256) + (256 * 256 + 256)
+    mlp = 256 * 28 ** 2 * 28 ** 2 + 28 ** 2
+    for depth, expected in ((50, 45_173_624), (18, 32_213_880)):
+        mask_rcnn = models.count_parameters(f"maskrcnn_resnet{depth}_fpn")
+        assert models.count_parameters(f"maskxrcnn_resnet{depth}_fpn") == mask_rcnn - (256 * 21 + 21) + tau == expected
+        assert models.count_parameters(f"maskxrcnn_resnet{depth}_fpn", mlp_branch=True) == expected + mlp
+    assert mlp == 157_352_720
+    three_layers = models.count_parameters("maskxrcnn_resnet50_fpn", transfer_depth=3)
+    one_layer = models.count_parameters("maskxrcnn_resnet50_fpn", transfer_depth=1)
+    assert three_layers - 45_173_624 == 256 * 256 + 256 and 45_173_624 - one_layer == 256 * 256 + 256
+
+
+def test_transfer_options_reach_the_builder_through_the_registry():
+    options = registry.options("maskxrcnn_resnet18_fpn")
+    assert options["transfer_depth"] == 2 and options["transfer_activation"] == "leaky_relu"
+    assert options["transfer_hidden"] is None and options["mlp_branch"] is False
+    model = models.create("maskxrcnn_resnet18_fpn", 5, **TINY, transfer_depth=3, transfer_activation="relu",
+                          transfer_hidden=12)
+    transfer = model.roi_heads.mask_predictor.transfer
+    assert [type(m).__name__ for m in transfer] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    assert transfer.fc1.weight.shape == (12, 5 * 48) and transfer.fc3.weight.shape == (16, 12)
+    assert model.meta["options"]["transfer_depth"] == 3
+    default = models.create("maskxrcnn_resnet18_fpn", 5, **TINY).roi_heads.mask_predictor.transfer
+    assert default.fc1.weight.shape == (16, 5 * 48)  # hidden width: the mask head's (TINY: 16)
 
 
 def losses_of(model, labels, seed=3):
@@ -99,6 +169,10 @@ def test_bad_options_are_clear_errors():
         models.create("maskxrcnn_resnet18_fpn", 5, **TINY, mask_classes=[])
     with pytest.raises(ValueError, match="transfer_input must be one of"):
         models.create("maskxrcnn_resnet18_fpn", 5, **TINY, transfer_input="masks")
+    with pytest.raises(ValueError, match="transfer_depth must be at least 1"):
+        models.create("maskxrcnn_resnet18_fpn", 5, **TINY, transfer_depth=0)
+    with pytest.raises(ValueError, match="transfer_activation must be one of"):
+        models.create("maskxrcnn_resnet18_fpn", 5, **TINY, transfer_activation="gelu")
 
 
 def tiny_config(tmp_path, **overrides):

@@ -1,12 +1,15 @@
 """Position-sensitive RoIAlign against torchvision.ops.ps_roi_align (forward and input gradients, float64),
 the finer-than-cells output against torchvision on explicitly repeated channels, a hand-worked channel
-mapping, gradcheck and bad shapes."""
+mapping, gradcheck and bad shapes; position-sensitive RoI pooling against the FCIS reference kernel
+transcribed in Python."""
+import math
+
 import pytest
 import torch
 import torchvision
 from test_roi import random_boxes
 
-from seglab.ops import PSRoIAlign, ps_roi_align
+from seglab.ops import PSRoIAlign, ps_roi_align, ps_roi_pool
 from seglab.ops import roi as roi_module
 
 
@@ -148,3 +151,70 @@ def test_cuda_matches_torchvision():
     finer = ps_roi_align(x.double(), boxes.double(), 21, 0.25, 2, group_size=7)
     torch.testing.assert_close(finer.cpu(), ps_roi_align(x.double().cpu(), boxes.double().cpu(), 21, 0.25, 2,
                                                          group_size=7), rtol=0, atol=1e-10)
+
+
+def reference_psroi_pooling(x, rois, pooled, spatial_scale, group):
+    """The FCIS reference's PSROIPoolForwardKernel (msracver/FCIS psroi_pooling.cu), transcribed loop by loop
+    in float64 (math.floor/ceil; C's round() is half away from zero). Autograd through it is the
+    reference's backward: each covered pixel gets the bin's gradient over its area."""
+    def c_round(v):
+        return math.copysign(math.floor(abs(v) + 0.5), v)
+
+    height, width = x.shape[2:]
+    out_dim = x.shape[1] // (group * group)
+    out = []
+    for roi in rois.tolist():
+        n = int(roi[0])
+        start_w, start_h = c_round(roi[1]) * spatial_scale, c_round(roi[2]) * spatial_scale
+        end_w, end_h = (c_round(roi[3]) + 1.0) * spatial_scale, (c_round(roi[4]) + 1.0) * spatial_scale
+        bin_h, bin_w = max(end_h - start_h, 0.1) / pooled, max(end_w - start_w, 0.1) / pooled
+        bins = []
+        for ctop in range(out_dim):
+            for ph in range(pooled):
+                for pw in range(pooled):
+                    hs = min(max(math.floor(ph * bin_h + start_h), 0), height)
+                    he = min(max(math.ceil((ph + 1) * bin_h + start_h), 0), height)
+                    ws = min(max(math.floor(pw * bin_w + start_w), 0), width)
+                    we = min(max(math.ceil((pw + 1) * bin_w + start_w), 0), width)
+                    gh = min(max(math.floor(ph * group / pooled), 0), group - 1)
+                    gw = min(max(math.floor(pw * group / pooled), 0), group - 1)
+                    c = (ctop * group + gh) * group + gw
+                    empty = he <= hs or we <= ws
+                    bins.append(x.new_zeros(()) if empty else x[n, c, hs:he, ws:we].mean())
+        out.append(torch.stack(bins).view(out_dim, pooled, pooled))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("pooled, group, spatial_scale", [(7, 7, 1.0), (21, 7, 0.25), (6, 3, 0.5), (3, 3, 1 / 16)])
+def test_ps_roi_pool_equals_the_fcis_reference_forward_and_gradient(pooled, group, spatial_scale):
+    """Random boxes (zero-size, inverted, outside, beyond the map, corners on .5 for the rounding) against
+    the transcribed reference kernel, values and input gradients, float64."""
+    g = torch.Generator().manual_seed(7)
+    x = score_maps(2, group * group, g)
+    boxes = random_boxes(12, 13, 17, spatial_scale, g)
+    boxes[5:8, 1:] = boxes[5:8, 1:].floor() + 0.5
+    boxes[8, 1:] = torch.tensor([-8.0, -8.0, 20.0, 16.0], dtype=torch.float64) / spatial_scale
+    ours_in, theirs_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = ps_roi_pool(ours_in, boxes, pooled, spatial_scale, group_size=group)
+    theirs = reference_psroi_pooling(theirs_in, boxes, pooled, spatial_scale, group)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    backpropagate([ours, theirs], g)
+    torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=0, atol=1e-12)
+
+
+def test_ps_roi_pool_is_not_torchvisions_and_takes_float32_lists():
+    """torchvision's ps_roi_pool rounds the scaled box instead (and has no +1 end): on the same input the
+    two differ. float32 maps with per-image box lists give the float64 result to float32 precision."""
+    g = torch.Generator().manual_seed(8)
+    x = score_maps(2, 9, g)
+    boxes = random_boxes(10, 13, 17, 0.5, g)
+    ours, theirs = ps_roi_pool(x, boxes, 3, 0.5), torchvision.ops.ps_roi_pool(x, boxes, 3, 0.5)
+    assert (ours - theirs).abs().max() > 0.1
+    per_image = [boxes[boxes[:, 0] == i, 1:].float() for i in range(2)]
+    single = ps_roi_pool(x.float(), per_image, 3, 0.5)
+    order = torch.cat([torch.where(boxes[:, 0] == i)[0] for i in range(2)])
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), ours[order], rtol=0, atol=1e-5)
+    assert ps_roi_pool(x, torch.zeros(0, 5, dtype=torch.float64), 3).shape == (0, 2, 3, 3)
+    with pytest.raises(ValueError, match="multiple of the 2×2 cells"):
+        ps_roi_pool(torch.zeros(1, 6, 5, 5), boxes[:1], 7, group_size=2)

@@ -10,13 +10,29 @@ from torch import nn
 from .config import SCHEDULES, TrainConfig
 
 
+def lr_multipliers(model: nn.Module) -> dict[nn.Parameter, float]:
+    """Each parameter's learning-rate multiplier: the ``lr_mult`` of the innermost module above it that sets
+    one (a reference net's per-layer ``lr_mult``, e.g. FCIS's CONVNEW3), else 1."""
+    multipliers = dict.fromkeys(model.parameters(), 1.0)
+    outer_first = sorted(model.named_modules(), key=lambda item: len(item[0].split(".")) if item[0] else 0)
+    for _, module in outer_first:
+        if getattr(module, "lr_mult", None) is not None:
+            multipliers.update(dict.fromkeys(module.parameters(), float(module.lr_mult)))
+    return multipliers
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum) or AdamW over the trainable parameters; no weight decay on biases and norm layers."""
-    decay, no_decay = [], []
+    """SGD (momentum) or AdamW over the trainable parameters; no weight decay on biases and norm layers;
+    parameters of a module with ``lr_mult`` train at that multiple of the rate (one group per multiple,
+    after the base rate's two, so ``param_groups[0]`` holds the base rate)."""
+    multipliers = lr_multipliers(model)
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for param in model.parameters():
         if param.requires_grad:
-            (no_decay if param.dim() <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((param.dim() > 1, multipliers[param]), []).append(param)
+    base_first = sorted(groups.items(), key=lambda item: (item[0][1] != 1.0, not item[0][0], item[0][1]))
+    groups = [{"params": params, "weight_decay": config.weight_decay if decays else 0.0, "lr": config.lr * mult}
+              for (decays, mult), params in base_first]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     if config.optimizer == "adamw":

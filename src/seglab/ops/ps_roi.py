@@ -1,5 +1,6 @@
-"""Position-sensitive RoIAlign (R-FCN, arXiv:1605.06409 §2; FCIS's "assembling", arXiv:1611.07709 §3.1) in
-vectorised PyTorch, with ``torchvision.ops.ps_roi_align``'s signature and semantics.
+"""Position-sensitive RoI operators in vectorised PyTorch: RoIAlign (R-FCN, arXiv:1605.06409 §2) with
+``torchvision.ops.ps_roi_align``'s signature and semantics, and the FCIS reference code's PSROIPooling
+(FCIS's "assembling" by copying, arXiv:1611.07709 §3.1), :func:`ps_roi_pool`.
 
 The input holds one group of ``out_channels`` maps per cell of a k×k grid over the RoI; output bin (i, j)
 averages bilinear samples of its own cell's maps only. This is RoIAlign (``aligned=True`` arithmetic,
@@ -13,12 +14,13 @@ over its part of the box (the rows and columns of output bins it covers), the sa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair  # torchvision's size pair
 
 from .roi import align_gather, as_rois, roi_align
 
-__all__ = ["ps_roi_align", "PSRoIAlign"]
+__all__ = ["ps_roi_align", "ps_roi_pool", "PSRoIAlign"]
 
 
 def ps_roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_scale: float = 1.0,
@@ -34,23 +36,77 @@ def ps_roi_align(input: Tensor, boxes: Tensor | list[Tensor], output_size, spati
     21×21 RoI maps from 7×7 cells). Samples beyond one pixel outside the map count as zero; a bin without
     samples (an adaptive grid over an empty box) is 0 where torchvision divides 0 by 0.
     """
-    if input.dim() != 4:
-        raise ValueError(f"input must be (N, C, H, W), got shape {tuple(input.shape)}")
-    pooled = _pair(output_size)
-    group = pooled if group_size is None else _pair(group_size)
-    if min(*pooled, *group) < 1:
-        raise ValueError(f"output_size and group_size must be positive, got {output_size} and {group_size}")
+    pooled, group = _grids(input, output_size, group_size)
     batch, channels, height, width = input.shape
     cells = group[0] * group[1]
-    if channels % cells:
-        raise ValueError(f"input channels ({channels}) must be a multiple of the {group[0]}×{group[1]} cells "
-                         f"of the position-sensitive grid ({cells})")
     if torch.onnx.is_in_onnx_export():
         return _cellwise_roi_align(input, as_rois(input, boxes), pooled, group, spatial_scale, sampling_ratio)
     table = input.reshape(batch, channels // cells, cells, height, width).permute(2, 0, 3, 4, 1)
     table = table.reshape(cells * batch * height * width, channels // cells)
     return align_gather(table, as_rois(input, boxes), pooled, spatial_scale, sampling_ratio, True, (height, width),
                          _cell_rows(pooled, group, batch * height * width, input.device))
+
+
+def ps_roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_scale: float = 1.0,
+                group_size=None) -> Tensor:
+    """(N, out_channels·k², H, W) score maps and K boxes → (K, out_channels, ph, pw): the FCIS reference
+    code's ``PSROIPooling`` (msracver/FCIS ``psroi_pooling.cu``), which is not torchvision's ``ps_roi_pool``.
+
+    Each box (xyxy in input pixels, as for :func:`ps_roi_align`) is rounded to whole pixels, half away from
+    zero; its end gets one pixel more (inclusive corners), then both are scaled by ``spatial_scale``;
+    width and height are at least 0.1. Bin (i, j) covers map pixels ``floor(start + i·bin) ..
+    ceil(start + (i+1)·bin)`` (exclusive end, clipped to the map) and is the plain mean of those pixels
+    of channel c·k² + (i·k // ph)·k + (j·k // pw), 0 where it covers none; its gradient spreads evenly over
+    them. Sums come from a summed-area table (float64 on the CPU, float32 elsewhere), so the cost does
+    not grow with the bin size.
+    """
+    pooled, group = _grids(input, output_size, group_size)
+    batch, channels, height, width = input.shape
+    cells = group[0] * group[1]
+    rois = as_rois(input, boxes)
+    rows, row_end = _pool_spans(rois[:, 2], rois[:, 4], pooled[0], spatial_scale, height)  # (K, ph) each
+    cols, col_end = _pool_spans(rois[:, 1], rois[:, 3], pooled[1], spatial_scale, width)  # (K, pw) each
+    accumulate = torch.float64 if input.device.type == "cpu" else torch.float32
+    table = F.pad(input.to(accumulate).cumsum(2).cumsum(3), (1, 0, 1, 0))  # (N, C, H+1, W+1): sums above-left
+    table = table.reshape(batch, channels // cells, cells, (height + 1) * (width + 1))
+    cell = _cell_rows(pooled, group, 1, input.device).view(*pooled)  # (ph, pw) the cell each bin reads
+    image = rois[:, 0].long()
+
+    def corner(y: Tensor, x: Tensor) -> Tensor:  # (K, C', ph, pw) table entries at rows y (K, ph), cols x (K, pw)
+        flat = y[:, :, None] * (width + 1) + x[:, None, :]
+        return table[image[:, None, None], :, cell[None], flat].permute(0, 3, 1, 2)
+
+    total = corner(row_end, col_end) - corner(rows, col_end) - corner(row_end, cols) + corner(rows, cols)
+    area = (row_end - rows)[:, :, None] * (col_end - cols)[:, None, :]  # (K, ph, pw) pixels, 0 if empty
+    return (total / area.clamp(min=1)[:, None]).to(input.dtype)
+
+
+def _grids(input: Tensor, output_size, group_size) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The output and cell grids (ph, pw), (kh, kw), after checking ``input``'s shape against them."""
+    if input.dim() != 4:
+        raise ValueError(f"input must be (N, C, H, W), got shape {tuple(input.shape)}")
+    pooled = _pair(output_size)
+    group = pooled if group_size is None else _pair(group_size)
+    if min(*pooled, *group) < 1:
+        raise ValueError(f"output_size and group_size must be positive, got {output_size} and {group_size}")
+    cells = group[0] * group[1]
+    if input.shape[1] % cells:
+        raise ValueError(f"input channels ({input.shape[1]}) must be a multiple of the {group[0]}×{group[1]} cells "
+                         f"of the position-sensitive grid ({cells})")
+    return pooled, group
+
+
+def _pool_spans(start: Tensor, end: Tensor, pooled: int, spatial_scale: float, length: int) -> tuple[Tensor, Tensor]:
+    """PSROIPooling's bins along one axis of (K,) box coordinates in pixels: first and one-past-last map
+    index (K, pooled), clipped to [0, length], in the input's float arithmetic (the reference's DType)."""
+    rounded = lambda v: v.sign() * (v.abs() + 0.5).floor()  # C's round(): half away from zero
+    first = rounded(start) * spatial_scale
+    size = ((rounded(end) + 1) * spatial_scale - first).clamp(min=0.1) / pooled
+    index = torch.arange(pooled, device=start.device, dtype=start.dtype)
+    low = (index[None] * size[:, None] + first[:, None]).floor()
+    high = ((index[None] + 1) * size[:, None] + first[:, None]).ceil()
+    low, high = low.clamp(0, length).long(), high.clamp(0, length).long()
+    return low, torch.maximum(low, high)
 
 
 def _cell_rows(pooled: tuple[int, int], group: tuple[int, int], block: int, device) -> Tensor:

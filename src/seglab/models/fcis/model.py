@@ -35,19 +35,23 @@ def fcis(backbone: ResNet, num_classes: int, *, min_size: int | Sequence[int] = 
          rpn_post_nms_top_n_train: int = 300, rpn_post_nms_top_n_test: int = 300, rpn_nms_thresh: float = 0.7,
          rpn_fg_iou_thresh: float = 0.7, rpn_bg_iou_thresh: float = 0.3, rpn_batch_size_per_image: int = 256,
          rpn_positive_fraction: float = 0.5, reduce_channels: int = 1024, score_map_init: str = "normal",
-         group_size: int = 7, mask_size: int = 21,
-         sampling_ratio: int = -1, ohem: bool = True, box_batch_size_per_image: int = 128,
+         conv_new_lr_mult: float = 3.0, formulation: str = "joint", group_size: int = 7, mask_size: int = 21,
+         assemble: str = "pool", sampling_ratio: int = -1, ohem: bool = True, box_batch_size_per_image: int = 128,
          box_positive_fraction: float = 0.25, box_fg_iou_thresh: float = 0.5, box_bg_iou_thresh: float = 0.5,
-         bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), box_score_thresh: float = 0.05, box_nms_thresh: float = 0.3,
-         vote_iou_thresh: float = 0.5, box_detections_per_img: int = 100) -> FCIS:
+         loss_weights=(1.0, 10.0, 1.0), binary_thresh: float = 0.4, bbox_reg_weights=(5.0, 5.0, 2.0, 2.0),
+         box_score_thresh: float = 0.05, box_nms_thresh: float = 0.3, vote_iou_thresh: float = 0.5,
+         voting: str = "paper", box_detections_per_img: int = 100) -> FCIS:
     """FCIS on a ResNet ``backbone`` whose "layer3" (conv4) and "layer4" (conv5) are at stride 16.
 
-    Defaults are the paper's and its reference code's COCO settings: short side 600 (long ≤ 1000), anchors
-    64..512 px (scales 4..32 of stride 16) × ratios 0.5/1/2 on conv4, 300 proposals (6000 before NMS) in
-    training and test, k = 7 cells assembled into 21×21 RoI maps, OHEM keeping 128 of the RoIs per image,
-    NMS 0.3 and mask voting at IoU 0.5. ``reduce_channels`` is the 1×1 conv on conv5 (1024), ``score_map_init``
-    its and the map convs' init (:class:`PSScoreMaps`). The RPN options
-    are Mask R-CNN's (same names); ``box_*`` configure the RoI stage (:class:`FCISRoIHeads`).
+    Defaults are the paper's and its reference code's COCO settings (msracver/FCIS
+    ``resnet_v1_101_coco_fcis_end2end_ohem.yaml``): short side 600 (long ≤ 1000), anchors 64..512 px (scales
+    4..32 of stride 16) × ratios 0.5/1/2 on conv4, 300 proposals (6000 before NMS) in training and test,
+    k = 7 cells pooled into 21×21 RoI maps (``assemble="pool"``), OHEM keeping 128 of the RoIs per image,
+    LOSS_WEIGHT 1/10/1 (``loss_weights``), mask targets binarised at 0.4 (``binary_thresh``), BBOX_STDS
+    0.2/0.2/0.5/0.5 (``bbox_reg_weights`` 5/5/2/2), CONVNEW3 (``conv_new_lr_mult`` 3), NMS 0.3 and mask
+    voting at IoU 0.5. ``reduce_channels`` is the 1×1 conv on conv5 (1024), ``score_map_init`` its and the
+    map convs' init, ``formulation`` joint or separate score maps (:class:`PSScoreMaps`). The RPN options
+    are Mask R-CNN's (same names); ``box_*`` and the rest configure the RoI stage (:class:`FCISRoIHeads`).
     """
     strides, channels = backbone.strides, backbone.channels
     if strides[RPN_FEATURE] != strides[MAP_FEATURE]:
@@ -61,12 +65,14 @@ def fcis(backbone: ResNet, num_classes: int, *, min_size: int | Sequence[int] = 
         pre_nms_top_n={"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
         post_nms_top_n={"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test})
     roi_heads = FCISRoIHeads(
-        PSScoreMaps(channels[MAP_FEATURE], num_classes, group_size, reduce_channels, score_map_init), num_classes,
+        PSScoreMaps(channels[MAP_FEATURE], num_classes, group_size, reduce_channels, score_map_init, formulation,
+                    conv_new_lr_mult), num_classes,
         1.0 / strides[MAP_FEATURE], feature=MAP_FEATURE, group_size=group_size, mask_size=mask_size,
-        sampling_ratio=sampling_ratio, fg_iou_thresh=box_fg_iou_thresh, bg_iou_thresh=box_bg_iou_thresh,
-        batch_size_per_image=box_batch_size_per_image, positive_fraction=box_positive_fraction, ohem=ohem,
+        assemble=assemble, sampling_ratio=sampling_ratio, fg_iou_thresh=box_fg_iou_thresh,
+        bg_iou_thresh=box_bg_iou_thresh, batch_size_per_image=box_batch_size_per_image,
+        positive_fraction=box_positive_fraction, ohem=ohem, loss_weights=loss_weights, binary_thresh=binary_thresh,
         bbox_reg_weights=bbox_reg_weights, score_thresh=box_score_thresh, nms_thresh=box_nms_thresh,
-        vote_iou_thresh=vote_iou_thresh, detections_per_img=box_detections_per_img)
+        vote_iou_thresh=vote_iou_thresh, voting=voting, detections_per_img=box_detections_per_img)
     transform = RCNNTransform(min_size, max_size, image_mean, image_std, size_divisible=strides[MAP_FEATURE])
     return FCIS(backbone, rpn, roi_heads, transform)
 
