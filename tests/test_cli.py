@@ -139,19 +139,23 @@ def test_eval_and_predict_with_the_dense_crf_and_crf_tune(tmp_path):
     image, _ = Shapes("test", 1, image_size=40)[0]
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "scene.png")
     seglab("predict", "--checkpoint", run, tmp_path / "scene.png", "--crf", "--crf-param", "bilateral_sxy=20",
-           "--out", tmp_path / "pred")
+           "--crf-param", "normalization=before", "--out", tmp_path / "pred")
     assert Image.open(tmp_path / "pred" / "scene.png").size == (40, 40)
 
     out = seglab("crf-tune", "--checkpoint", run, "--num-images", 2, "--w1", 3, 5, "--theta-alpha", 20,
                  "--theta-beta", 5, 13, "--iterations", 2, "--out", tmp_path / "tune").stdout
     assert "mIoU without the CRF" in out and "best: w1 =" in out and "--crf-param bilateral_sxy=20" in out
+    assert "--crf-param normalization=after" in out  # DeepLab's D^-1 K, under which it cross-validated
     saved = json.loads((tmp_path / "tune" / "crf_tune.json").read_text())
     assert saved["images"] == 2 and len(saved["results"]) == 4
+    assert {result["normalization"] for result in saved["results"]} == {"after"}
 
     bad = seglab("eval", "--checkpoint", run, "--crf-param", "bilateral_sxy=20", check=False)
     assert bad.returncode == 1 and "--crf-param needs --crf" in bad.stderr
     bad = seglab("eval", "--checkpoint", run, "--crf", "--crf-param", "sxy=20", check=False)
     assert bad.returncode == 1 and "bilateral_sxy" in bad.stderr
+    bad = seglab("eval", "--checkpoint", run, "--crf", "--crf-param", "normalization=sym", check=False)
+    assert bad.returncode == 1 and "normalization must be one of" in bad.stderr
 
 
 SMALL_MASKRCNN = {"frozen_bn": False, "trainable_backbone_layers": 5, "fpn_channels": 32, "representation_size": 64,

@@ -94,7 +94,7 @@ def _crf_options(args) -> dict | None:
         key, sep, value = item.partition("=")
         if not sep or key not in options:
             raise ValueError(f"--crf-param expects KEY=VALUE with KEY one of {sorted(options)}, got {item!r}")
-        options[key] = float(value)
+        options[key] = value if key == "normalization" else float(value)  # dense_crf checks the name
     return options
 
 
@@ -351,8 +351,8 @@ def _add_inference_flags(parser: argparse.ArgumentParser) -> None:
                             "(default: default)")
     group.add_argument("--crf-iterations", type=int, default=10, help="mean-field iterations (default: 10)")
     group.add_argument("--crf-param", action="append", metavar="KEY=VALUE",
-                       help="override one dense_crf keyword, e.g. bilateral_sxy=50 (as printed by crf-tune); "
-                            "repeatable")
+                       help="override one dense_crf keyword, e.g. bilateral_sxy=50 or normalization=after (as "
+                            "printed by crf-tune); repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from seglab.crf import PRESETS, PermutohedralLattice, dense_crf, mean_field, unary_from_probs
+from seglab.crf import NORMALIZATIONS, PRESETS, PermutohedralLattice, dense_crf, mean_field, unary_from_probs
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,15 @@ def synthetic_case(height=24, width=30, num_classes=4, seed=0, factor=4):
     return image, coarse_noisy_probs(label, num_classes, seed + 1, factor=factor)
 
 
+def pydensecrf_normalization(dcrf, normalization):
+    """seglab's ``normalization`` name -> pydensecrf's NormalizationType constant."""
+    return {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "after": dcrf.NORMALIZE_AFTER, "before": dcrf.NORMALIZE_BEFORE,
+            "none": dcrf.NO_NORMALIZATION}[normalization]
+
+
 def pydensecrf_q(dcrf, image, probs, iterations=10, gaussian_sxy=3.0, gaussian_compat=3.0,
-                 bilateral_sxy=80.0, bilateral_srgb=13.0, bilateral_compat=10.0, bilateral=True):
+                 bilateral_sxy=80.0, bilateral_srgb=13.0, bilateral_compat=10.0, bilateral=True,
+                 normalization="symmetric"):
     """pydensecrf's DenseCRF2D with U = unary_from_softmax(p); numpy compats become MatrixCompatibility."""
     from pydensecrf.utils import unary_from_softmax
 
@@ -77,10 +84,11 @@ def pydensecrf_q(dcrf, image, probs, iterations=10, gaussian_sxy=3.0, gaussian_c
     num_classes, height, width = probs.shape
     crf = dcrf.DenseCRF2D(width, height, num_classes)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=compat(gaussian_compat))
+    norm = pydensecrf_normalization(dcrf, normalization)
+    crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=compat(gaussian_compat), normalization=norm)
     if bilateral:
         crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=np.ascontiguousarray(image).copy(),
-                                 compat=compat(bilateral_compat))
+                                 compat=compat(bilateral_compat), normalization=norm)
     return np.array(crf.inference(iterations)).reshape(num_classes, height, width)
 
 
@@ -109,6 +117,37 @@ def test_dense_crf_matches_pydensecrf_on_photographs(dcrf, name, preset):
     assert changed >= 0.01  # the CRF does something, so agreement is meaningful
     assert agreement >= 0.999
     assert diff.max() < 1e-4 and diff.mean() < 1e-6  # measured ≤ 1e-5 and ≤ 3e-8
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("name", list(PHOTOS))
+def test_each_normalization_matches_pydensecrf_with_that_setting(dcrf, name, normalization):
+    """D^-1/2 K D^-1/2, D^-1 K, K D^-1 and K against pydensecrf's NORMALIZE_SYMMETRIC / AFTER / BEFORE and
+    NO_NORMALIZATION on both kernels; DeepLab's kernels (w1 = 4, θα = 121, θβ = 5), 10 steps."""
+    image, probs = photo_case(name)
+    kw = {**PRESETS["deeplab"], "normalization": normalization}
+    reference = pydensecrf_q(dcrf, image, probs, **kw)
+    ours = dense_crf(image, torch.from_numpy(probs), **kw).numpy()
+    diff, agreement, changed = report(f"{name} {image.shape[:2]} {normalization}", reference, ours, probs)
+    assert changed >= 0.01
+    assert agreement >= 0.999
+    # Unnormalised, a message is w·Σ_j K_ij Q_j with K·1 up to 1471 here: float32 rounding of such energies
+    # moves Q more. Measured max ≤ 3.5e-6 normalised, ≤ 4.9e-4 for "none"; mean ≤ 3.4e-8; agreement 1.0.
+    assert diff.max() < (2e-3 if normalization == "none" else 1e-4) and diff.mean() < 1e-6
+
+
+@pytest.mark.parametrize("preset", ["deeplab", "deeplab-v2"])
+def test_deeplab_presets_use_densecrf_v1_per_pixel_normalisation(dcrf, preset):
+    """DeepLab's released CRF (densecrf v1's PottsPotential, w·(KQ)_i / (K·1)_i) is pydensecrf's
+    NORMALIZE_AFTER; the presets select it, and it gives another Q than the symmetric default."""
+    image, probs = photo_case("astronaut")
+    kernels = {key: value for key, value in PRESETS[preset].items() if key != "normalization"}
+    reference = pydensecrf_q(dcrf, image, probs, **kernels, normalization="after")
+    ours = dense_crf(image, torch.from_numpy(probs), **PRESETS[preset]).numpy()
+    assert PRESETS[preset]["normalization"] == "after"
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-4)
+    symmetric = dense_crf(image, torch.from_numpy(probs), **kernels).numpy()
+    assert np.abs(symmetric - reference).max() > 0.1
 
 
 def test_dense_crf_defaults_are_the_default_preset(dcrf):
@@ -141,10 +180,11 @@ def test_gaussian_kernel_alone_matches_pydensecrf(dcrf):
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
 @pytest.mark.parametrize("dim,n", [(1, 50), (2, 64), (3, 97), (5, 203)])
-def test_mean_field_on_lattice_matches_pydensecrf_add_pairwise_energy(dcrf, dim, n):
-    """``PermutohedralLattice`` + ``mean_field`` on arbitrary features = pydensecrf's DenseCRF with
-    addPairwiseEnergy (NORMALIZE_SYMMETRIC): a Potts kernel and a matrix-compatibility kernel."""
+def test_mean_field_on_lattice_matches_pydensecrf_add_pairwise_energy(dcrf, dim, n, normalization):
+    """``PermutohedralLattice.kernel`` + ``mean_field`` on arbitrary features = pydensecrf's DenseCRF with
+    addPairwiseEnergy in the same normalisation: a Potts kernel and a matrix-compatibility kernel."""
     rng = np.random.default_rng(dim * 1000 + n)
     num_classes, iterations, weight = 4, 5, 2.0
     f1 = rng.normal(0, 2, (n, dim)).astype(np.float32)
@@ -152,19 +192,18 @@ def test_mean_field_on_lattice_matches_pydensecrf_add_pairwise_energy(dcrf, dim,
     matrix = rng.normal(0, 1.5, (num_classes, num_classes)).astype(np.float32)
     unary = rng.uniform(0, 3, (num_classes, n)).astype(np.float32)
 
+    norm = pydensecrf_normalization(dcrf, normalization)
     crf = dcrf.DenseCRF(n, num_classes)
     crf.setUnaryEnergy(unary)
-    crf.addPairwiseEnergy(np.ascontiguousarray(f1.T), compat=weight)
-    crf.addPairwiseEnergy(np.ascontiguousarray(f2.T), compat=matrix)
+    crf.addPairwiseEnergy(np.ascontiguousarray(f1.T), compat=weight, normalization=norm)
+    crf.addPairwiseEnergy(np.ascontiguousarray(f2.T), compat=matrix, normalization=norm)
     reference = np.array(crf.inference(iterations)).T
 
-    def symmetric_filter(features, out_weight=1.0):
-        lattice = PermutohedralLattice(torch.from_numpy(features)[None])  # pad_multiple=4, like pydensecrf
-        norm = (1 / torch.sqrt(lattice.normalizer().double() + 1e-20)).float()
-        return lattice.operators(torch.float32, in_scale=norm, out_scale=norm * out_weight)
+    def kernel(features, weight=1.0):  # pad_multiple=4, like pydensecrf
+        return PermutohedralLattice(torch.from_numpy(features)[None]).kernel(normalization, torch.float32, weight)
 
     m = torch.from_numpy(matrix)
-    messages = [(symmetric_filter(f1, weight), None), (symmetric_filter(f2), 0.5 * (m + m.T))]
+    messages = [(kernel(f1, weight), None), (kernel(f2), 0.5 * (m + m.T))]
     ours = mean_field(torch.from_numpy(unary.T.copy()), messages, iterations).numpy()
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5)
 
@@ -294,6 +333,8 @@ def test_rejects_bad_inputs():
         dense_crf(image, p, bilateral_compat=torch.eye(num_classes - 1))
     with pytest.raises(ValueError, match="a number or a C×C matrix"):
         dense_crf(image, p, gaussian_compat=torch.ones(num_classes))
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        dense_crf(image, p, normalization="per-pixel")
 
 
 # --- gradients ------------------------------------------------------------------------------------------
@@ -312,12 +353,15 @@ def test_gradcheck_logits():
     assert torch.autograd.gradcheck(lambda z: dense_crf(image, z, 2, logits=True), (logits,))
 
 
-def test_gradcheck_kernel_weights():
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_gradcheck_kernel_weights(normalization):
+    """The weight enters each normalisation's filter on another side (after or without D)."""
     image, logits = tiny_case()
     weights = (torch.tensor(3.0, dtype=torch.float64, requires_grad=True),
                torch.tensor(10.0, dtype=torch.float64, requires_grad=True))
     assert torch.autograd.gradcheck(
-        lambda a, b: dense_crf(image, logits, 2, gaussian_compat=a, bilateral_compat=b, logits=True), weights)
+        lambda a, b: dense_crf(image, logits, 2, gaussian_compat=a, bilateral_compat=b,
+                               normalization=normalization, logits=True), weights)
 
 
 def test_gradcheck_compat_matrix():
@@ -331,13 +375,14 @@ def test_gradcheck_compat_matrix():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_cuda_matches_cpu(normalization):
     cases = [synthetic_case(40, 52, num_classes=5, seed=s) for s in (6, 7)]
     images = torch.stack([torch.from_numpy(image).permute(2, 0, 1) for image, _ in cases])
     probs = torch.stack([torch.from_numpy(p) for _, p in cases])
-    cpu = dense_crf(images, probs)
-    gpu = dense_crf(images.cuda(), probs.cuda())
+    cpu = dense_crf(images, probs, normalization=normalization)
+    gpu = dense_crf(images.cuda(), probs.cuda(), normalization=normalization)
     assert gpu.is_cuda
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-4)
-    single = dense_crf(torch.from_numpy(cases[0][0]).cuda(), probs[0].cuda())
+    single = dense_crf(torch.from_numpy(cases[0][0]).cuda(), probs[0].cuda(), normalization=normalization)
     torch.testing.assert_close(single.cpu(), cpu[0], rtol=0, atol=1e-4)

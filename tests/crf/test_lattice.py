@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from seglab.crf import LatticeFilter, PermutohedralLattice
+from seglab.crf import NORMALIZATIONS, LatticeFilter, PermutohedralLattice
 
 H, W = 9, 11
 
@@ -137,6 +137,28 @@ def test_normalizer_is_filter_response_to_ones():
     assert lattice.normalizer().shape == (60,)
     torch.testing.assert_close(lattice.normalizer(), expected)
     assert (lattice.normalizer() > 0).all()
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_kernel_normalises_the_lattice_matrix_like_densecrf(normalization):
+    """``kernel`` applied to the identity = w·K̃ recomputed in float64 from the lattice's own dense K and
+    D = K·1: D^-1/2 K D^-1/2, D^-1 K (rows sum to 1), K D^-1 (columns sum to 1), K."""
+    rng = np.random.default_rng(6)
+    lattice = PermutohedralLattice(
+        torch.from_numpy(bilateral(rng.integers(0, 256, (H, W, 3)).astype(float)))[None].float())
+    identity = torch.eye(H * W, dtype=torch.float64)
+    k = lattice.operators(torch.float64).apply(identity)
+    d = k.sum(1)
+    expected = {"symmetric": k / d.sqrt()[:, None] / d.sqrt()[None], "after": k / d[:, None],
+                "before": k / d[None], "none": k}[normalization]
+    ours = lattice.kernel(normalization, torch.float64, weight=2.5).apply(identity)
+    torch.testing.assert_close(ours, 2.5 * expected, rtol=1e-5, atol=1e-9)
+
+
+def test_kernel_rejects_unknown_normalization():
+    lattice = PermutohedralLattice(torch.zeros(1, 4, 2))
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        lattice.kernel("after-and-before")
 
 
 @pytest.mark.parametrize("shape", [(99, 2), (2, 3, 4, 2), (5,)])

@@ -18,10 +18,16 @@ def scene(seed=0):
 
 
 def test_layer_equals_dense_crf_at_initialisation():
+    """The preset's kernels and its normalisation (DeepLab's: D^-1 K), or the one passed."""
     images, logits, _ = scene()
     layer = DenseCRF(3, iterations=4, preset="deeplab")
     expected = dense_crf(images, logits, 4, logits=True, **PRESETS["deeplab"])
+    assert layer.normalization == "after"
     assert torch.allclose(layer(images, logits), expected, atol=1e-6)
+    symmetric = DenseCRF(3, iterations=4, preset="deeplab", normalization="symmetric")
+    expected = dense_crf(images, logits, 4, logits=True, **{**PRESETS["deeplab"], "normalization": "symmetric"})
+    assert torch.allclose(symmetric(images, logits), expected, atol=1e-6)
+    assert not torch.allclose(symmetric(images, logits), layer(images, logits), atol=1e-3)
 
 
 def test_training_the_weights_and_compatibility_lowers_the_loss():

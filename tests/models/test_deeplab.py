@@ -61,6 +61,23 @@ def test_deeplabv3_paper_settings_are_options():
     assert [branch[0].dilation[0] for branch in default.classifier[0].convs[1:4]] == [12, 24, 36]
 
 
+def aspp_dropout(model) -> float:
+    return model.classifier[0].project[-1].p
+
+
+def test_deeplabv3_aspp_dropout_is_the_official_codes_in_paper_mode_and_torchvisions_otherwise():
+    """Paper layout (no extra conv): 0.1, tensorflow/models deeplab's keep_prob 0.9 after the ASPP projection;
+    torchvision's layout keeps its 0.5; an explicit ``aspp_dropout`` wins in both."""
+    paper = dict(output_stride=16, multi_grid=(1, 2, 4), extra_conv=False, width_mult=0.0625)
+    assert aspp_dropout(models.create("deeplabv3_resnet50", 3, **paper)) == 0.1
+    assert aspp_dropout(models.create("deeplabv3_resnet101", 3, **paper)) == 0.1
+    assert aspp_dropout(models.create("deeplabv3_resnet50", 3, width_mult=0.0625)) == 0.5
+    assert aspp_dropout(models.create("deeplabv3_resnet50", 3, aspp_dropout=0.3, **paper)) == 0.3
+    assert aspp_dropout(models.create("deeplabv3_resnet50", 3, aspp_dropout=0.0, width_mult=0.0625)) == 0.0
+    tv = tvseg.deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=3)
+    assert aspp_dropout(interop.from_torchvision(tv)) == tv.classifier[0].project[-1].p == 0.5
+
+
 def test_deeplabv2_sums_one_atrous_conv_per_rate_from_res5():
     model = models.create("deeplabv2_resnet101", 5, width_mult=0.0625).eval()
     aspp = model.classifier

@@ -76,6 +76,28 @@ def test_full_size_parameter_count_follows_from_the_layer_shapes(depth):
     assert models.count_parameters(f"gcn_resnet{depth}", classes) == backbone + gcns + brs + deconvs
 
 
+@pytest.mark.parametrize("name", ["gcn_resnet50", "gcn_resnet101"])
+def test_without_boundary_refinement_the_nine_br_blocks_and_their_parameters_are_gone(name):
+    """The BR ablation: the registry option reaches the builder, 9·2·(C·C·9 + C) parameters fewer (full size),
+    every br/br_fuse an Identity, and the output keeps the input size."""
+    classes = 21
+    assert models.options(name)["boundary_refinement"] is True
+    brs = 9 * 2 * (classes * classes * 9 + classes)
+    assert models.count_parameters(name, classes) - models.count_parameters(
+        name, classes, boundary_refinement=False) == brs
+    model = models.create(name, 3, boundary_refinement=False, **TINY).eval()
+    assert model.meta["options"]["boundary_refinement"] is False
+    assert all(isinstance(m, torch.nn.Identity) for m in [*model.br, *model.br_fuse])
+    assert not any(isinstance(m, BoundaryRefinement) for m in model.modules())
+    with_br = models.create(name, 3, **TINY)
+    assert sum(isinstance(m, BoundaryRefinement) for m in with_br.modules()) == 9
+    assert sum(p.numel() for p in with_br.parameters()) - sum(p.numel() for p in model.parameters()) == \
+        9 * 2 * (3 * 3 * 9 + 3)
+    for height, width in [(33, 47), (64, 64)]:
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, height, width))["out"].shape == (2, 3, height, width)
+
+
 def test_pipeline_has_figure_2s_blocks_on_an_output_stride_32_resnet():
     model = models.create("gcn_resnet50", 5, **TINY)
     assert [model.backbone.strides[f"layer{i}"] for i in range(1, 5)] == [4, 8, 16, 32]

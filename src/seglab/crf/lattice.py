@@ -15,7 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PermutohedralLattice", "LatticeFilter"]
+__all__ = ["NORMALIZATIONS", "PermutohedralLattice", "LatticeFilter"]
+
+#: Kernel normalisations K̃ of ``PermutohedralLattice.kernel``, D = diag(K·1): D^-1/2 K D^-1/2, D^-1 K, K D^-1,
+#: K; pydensecrf's NORMALIZE_SYMMETRIC, NORMALIZE_AFTER, NORMALIZE_BEFORE, NO_NORMALIZATION.
+NORMALIZATIONS = ("symmetric", "after", "before", "none")
 
 _MAX_CODE = 2**62  # mixed-radix vertex codes must stay inside int64
 
@@ -161,6 +165,29 @@ class PermutohedralLattice:
             slice_weight = slice_weight * out_scale.to(dtype).reshape(-1, 1)
         return LatticeFilter(self._splat_point, self._splat_offsets, splat_weight, [self._blur_index],
                              [self._blur_weight.to(dtype)], self._slice_vertex, slice_weight)
+
+    def kernel(self, normalization: str = "symmetric", dtype: torch.dtype = torch.float32,
+               weight: Tensor | float = 1.0) -> "LatticeFilter":
+        """The filter ``x ↦ weight · K̃ · x``, K̃ the kernel normalised as densecrf's DenseKernel does it.
+
+        ``normalization``: one of :data:`NORMALIZATIONS`; the degrees D = K·1 enter as 1/√(D + 1e-20) on
+        both sides ("symmetric") or 1/(D + 1e-20) on one. "none" is K itself: densecrf computes N / Σ K·1 for
+        NO_NORMALIZATION in ``initLattice`` but its ``filter`` never applies it. ``weight``: a scalar, may
+        carry autograd history.
+        """
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        weight = torch.as_tensor(weight, dtype=dtype, device=self._slice_bary.device)
+        if normalization == "none":
+            return self.operators(dtype, out_scale=weight)
+        degree = self.normalizer().double() + 1e-20
+        if normalization == "symmetric":
+            norm = (1.0 / torch.sqrt(degree)).to(dtype)
+            return self.operators(dtype, in_scale=norm, out_scale=norm * weight)
+        norm = (1.0 / degree).to(dtype)
+        if normalization == "after":
+            return self.operators(dtype, out_scale=norm * weight)
+        return self.operators(dtype, in_scale=norm, out_scale=weight)
 
     def normalizer(self) -> Tensor:
         """(B*N,) filter response to a constant 1: ``K·1`` (each point's total kernel mass)."""

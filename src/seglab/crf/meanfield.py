@@ -4,10 +4,18 @@ E(x) = sum_i U_i(x_i) + sum_{i<j} mu(x_i, x_j) [w1 k_appearance(f_i, f_j) + w2 k
 k_appearance = exp(-|p_i - p_j|²/2θα² - |I_i - I_j|²/2θβ²), k_smoothness = exp(-|p_i - p_j|²/2θγ²),
 with positions p in pixels and colours I in 0..255. The update (10 times by default) is
 
-    Q ← softmax(−U − Σ_k compat_k · (K̃_k Q)),   K̃ = D^-1/2 K D^-1/2, D = diag(K·1),
+    Q ← softmax(−U − Σ_k compat_k · (K̃_k Q)),   D = diag(K·1),
 
-pydensecrf's NORMALIZE_SYMMETRIC kernel (the self-contribution is not removed), each K filtered on a
-permutohedral lattice (``seglab.crf.lattice``).
+with the normalised kernel K̃ one of pydensecrf's (``normalization``; the self-contribution is not removed):
+
+    "symmetric"  D^-1/2 K D^-1/2   NORMALIZE_SYMMETRIC, pydensecrf's (and ``dense_crf``'s) default
+    "after"      D^-1 K            NORMALIZE_AFTER: densecrf v1's PottsPotential (w·norm_i·(KQ)_i), the
+                                   CRF DeepLab released and cross-validated its kernels with
+    "before"     K D^-1            NORMALIZE_BEFORE
+    "none"       K                 NO_NORMALIZATION: densecrf v2's initLattice computes N / Σ K·1 but its
+                                   filter() never applies it (v1's per_pixel_normalization=false did)
+
+each K filtered on a permutohedral lattice (``seglab.crf.lattice``).
 """
 from __future__ import annotations
 
@@ -17,22 +25,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .lattice import LatticeFilter, PermutohedralLattice
+from .lattice import NORMALIZATIONS, LatticeFilter, PermutohedralLattice
 
-__all__ = ["dense_crf", "PRESETS", "unary_from_probs"]
+__all__ = ["dense_crf", "NORMALIZATIONS", "PRESETS", "unary_from_probs"]
 
 #: Published kernel settings; each maps onto ``dense_crf``'s keywords.
-PRESETS: dict[str, dict[str, float]] = {
+PRESETS: dict[str, dict[str, float | str]] = {
     # pydensecrf's README example (and dense_crf's defaults).
     "default": dict(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0, bilateral_srgb=13.0,
-                    bilateral_compat=10.0),
+                    bilateral_compat=10.0, normalization="symmetric"),
     # DeepLab-CRF-LargeFOV (Chen et al., ICLR 2015, released test setting): w2 = 3, θγ = 3, and the
-    # cross-validated w1 = 4, θα = 121, θβ = 5.
+    # cross-validated w1 = 4, θα = 121, θβ = 5, under densecrf v1's per-pixel normalisation D^-1 K.
     "deeplab": dict(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=121.0, bilateral_srgb=5.0,
-                    bilateral_compat=4.0),
-    # DeepLab v2 ResNet-101 (Chen et al., TPAMI 2017, released setting): w2 = 3, θγ = 1, w1 = 4, θα = 67, θβ = 3.
+                    bilateral_compat=4.0, normalization="after"),
+    # DeepLab v2 ResNet-101 (Chen et al., TPAMI 2017, released setting): w2 = 3, θγ = 1, w1 = 4, θα = 67, θβ = 3,
+    # the same densecrf v1 (D^-1 K).
     "deeplab-v2": dict(gaussian_sxy=1.0, gaussian_compat=3.0, bilateral_sxy=67.0, bilateral_srgb=3.0,
-                       bilateral_compat=4.0),
+                       bilateral_compat=4.0, normalization="after"),
 }
 
 _UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's clip
@@ -98,7 +107,7 @@ def _compatibility(weight, compat, num_classes: int, dtype, device) -> tuple[Ten
 
 def dense_crf(image, probs: Tensor, iterations: int = 10, *, gaussian_sxy: float = 3.0,
               gaussian_compat=3.0, bilateral_sxy: float = 80.0, bilateral_srgb: float = 13.0,
-              bilateral_compat=10.0, compat=None, logits: bool = False) -> Tensor:
+              bilateral_compat=10.0, compat=None, normalization: str = "symmetric", logits: bool = False) -> Tensor:
     """Refine class probabilities with a fully-connected CRF; returns Q with the shape of ``probs``.
 
     Args:
@@ -117,6 +126,9 @@ def dense_crf(image, probs: Tensor, iterations: int = 10, *, gaussian_sxy: float
             μ(l, l') = [l ≠ l'] (a penalty for different labels) differs from −I by a per-pixel constant
             and gives the same Q. A kernel's ``*_compat`` may itself be a C×C matrix instead of a
             weight (pydensecrf's MatrixCompatibility). Matrices are symmetrised, ½(M + Mᵀ).
+        normalization: how both kernels are normalised, one of :data:`NORMALIZATIONS` (module docstring).
+            The default "symmetric" is pydensecrf's own default, so plain pydensecrf calls carry over;
+            DeepLab's presets use "after", the per-pixel D^-1 K of densecrf v1 that DeepLab released.
         logits: treat ``probs`` as unnormalised scores.
 
     Differentiable (CRF-as-RNN): gradients reach ``probs`` and any weight or compatibility passed as a
@@ -146,10 +158,8 @@ def dense_crf(image, probs: Tensor, iterations: int = 10, *, gaussian_sxy: float
     ]
     messages = []
     for features, weight in kernels:
-        lattice = PermutohedralLattice(features)
-        norm = (1.0 / torch.sqrt(lattice.normalizer().double() + 1e-20)).to(batch.dtype)
         scale, matrix = _compatibility(weight, compat, num_classes, batch.dtype, batch.device)
-        messages.append((lattice.operators(batch.dtype, in_scale=norm, out_scale=norm * scale), matrix))
+        messages.append((PermutohedralLattice(features).kernel(normalization, batch.dtype, scale), matrix))
     potts = [filter_ for filter_, matrix in messages if matrix is None]
     if len(potts) > 1:  # Potts kernels add up before the softmax: one splat and one slice for all
         messages = [(LatticeFilter.sum(potts), None)] + [m for m in messages if m[1] is not None]
@@ -161,8 +171,9 @@ def dense_crf(image, probs: Tensor, iterations: int = 10, *, gaussian_sxy: float
 def mean_field(unary: Tensor, messages, iterations: int) -> Tensor:
     """(P, C) unary energies -> (P, C) marginals after ``iterations`` parallel mean-field updates.
 
-    ``messages``: (filter, M) pairs; the update adds −filter(Q)·M, or +filter(Q) when M is None (a
-    Potts kernel whose weight w is folded into the filter: −(−w·I)·K̃Q = w·K̃Q). Without autograd the
+    ``messages``: (filter, M) pairs, each filter a normalised kernel K̃ (``PermutohedralLattice.kernel``);
+    the update adds −filter(Q)·M, or +filter(Q) when M is None (a Potts kernel whose weight w is folded
+    into the filter: −(−w·I)·K̃Q = w·K̃Q). Without autograd the
     score and Q live in two buffers for all iterations: a fresh (P, C) tensor of a large image is a new
     mapping whose page faults cost more than the arithmetic.
     """

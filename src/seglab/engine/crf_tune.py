@@ -25,6 +25,11 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
 }
 
 
+# What the search keeps fixed: DeepLab's smoothness kernel (w2 = 3, θγ = 3) and the per-pixel normalisation
+# D^-1 K of densecrf v1, under which DeepLab cross-validated its bilateral kernel.
+FIXED = {"gaussian_sxy": 3.0, "gaussian_compat": 3.0, "normalization": "after"}
+
+
 @torch.no_grad()
 def tune_crf(model: nn.Module, dataset: Dataset, num_classes: int, mean: Sequence[float], std: Sequence[float],
              grid: dict[str, Sequence[float]] | None = None, fixed: dict[str, float] | None = None,
@@ -33,10 +38,10 @@ def tune_crf(model: nn.Module, dataset: Dataset, num_classes: int, mean: Sequenc
 
     The model runs once per image (whole-image inference); its logits are kept and every setting of
     ``grid`` (default :data:`DEFAULT_GRID`) refines them. ``fixed`` holds the other keywords
-    (default: the smoothness kernel w2 = 3, θγ = 3).
+    (default :data:`FIXED`: the smoothness kernel w2 = 3, θγ = 3, normalisation "after").
     """
     grid = grid or DEFAULT_GRID
-    fixed = {"gaussian_sxy": 3.0, "gaussian_compat": 3.0, **(fixed or {}), "iterations": iterations}
+    fixed = {**FIXED, **(fixed or {}), "iterations": iterations}
     samples, baseline = [], SegmentationMetrics(num_classes)
     with inference_context(model):
         for index in tqdm(range(len(dataset)), desc="logits", disable=not progress, leave=False):
@@ -68,17 +73,18 @@ def crf_tune_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *
     if num_images and num_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(num_images))
     grid = {key: (grid or {}).get(key) or values for key, values in DEFAULT_GRID.items()}
-    fixed = {"gaussian_compat": 3.0, "gaussian_sxy": 3.0, **(fixed or {})}
+    fixed = {**FIXED, **(fixed or {})}
     baseline, results = tune_crf(model, dataset, meta["num_classes"], meta["mean"], meta["std"], grid, fixed,
                                  iterations)
     lines = [f"{len(dataset)} images, w2 = {fixed['gaussian_compat']:g}, θγ = {fixed['gaussian_sxy']:g}, "
-             f"{iterations} iterations; mIoU without the CRF: {baseline:.4f}", "",
+             f"normalisation {fixed['normalization']!r}, {iterations} iterations; mIoU without the CRF: {baseline:.4f}", "",
              "| w1 | θα | θβ | mIoU |", "|---:|---:|---:|---:|"]
     lines += [f"| {p['bilateral_compat']:g} | {p['bilateral_sxy']:g} | {p['bilateral_srgb']:g} | {miou:.4f} |"
               for p, miou in results[:top]]
     best, miou = results[0]
     flags = " ".join(f"--crf-param {key}={best[key]:g}" for key in ("bilateral_compat", "bilateral_sxy",
                                                                    "bilateral_srgb", "gaussian_compat", "gaussian_sxy"))
+    flags += f" --crf-param normalization={best['normalization']}"
     out = writable_dir(out or path.parent / "crf_tune")
     write_json(out / "crf_tune.json", {"images": len(dataset), "baseline_miou": baseline,
                                        "results": [{**p, "miou": m} for p, m in results]})

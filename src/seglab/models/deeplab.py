@@ -3,9 +3,12 @@ v2 (ASPP-L, arXiv:1606.00915), v3 (ASPP with image pooling, arXiv:1706.05587) an
 arXiv:1802.02611).
 
 v3's builders default to torchvision's layout (output stride 8, rates 12/24/36, no multi-grid, dropout
-after the projection, an extra 3×3 conv-BN-ReLU before the classifier) so that torchvision checkpoints
-load unchanged; the paper's settings are options: ``output_stride=16, multi_grid=(1, 2, 4),
-extra_conv=False`` (rates then default to 6/12/18, doubled at output stride 8, §3.3).
+0.5 after the projection, an extra 3×3 conv-BN-ReLU before the classifier) so that torchvision checkpoints
+load and train unchanged; the paper's settings are options: ``output_stride=16, multi_grid=(1, 2, 4),
+extra_conv=False`` (rates then default to 6/12/18, doubled at output stride 8, §3.3). The paper does not
+give ASPP's dropout; without the extra conv it defaults to 0.1, the official code's (tensorflow/models
+``research/deeplab/model.py``, ``_extract_features``: ``slim.dropout(keep_prob=0.9)`` after the
+``concat_projection`` 1×1 conv), which v3+ shares.
 """
 from __future__ import annotations
 
@@ -185,9 +188,12 @@ def _aspp_encoder(depth: int, *, output_stride: int, aspp_rates: Sequence[int] |
 
 
 def _deeplabv3(depth: int, num_classes: int, *, output_stride: int = 8, aspp_rates: Sequence[int] | None = None,
-               multi_grid: Sequence[int] | None = None, extra_conv: bool = True, aspp_dropout: float = 0.5,
+               multi_grid: Sequence[int] | None = None, extra_conv: bool = True, aspp_dropout: float | None = None,
                aux: bool = False, width_mult: float = 1.0, weights: str | None = None,
                weights_backbone: str | None = None, frozen_bn: bool = False) -> SegmentationModel:
+    """``aspp_dropout`` None: torchvision's 0.5 with ``extra_conv`` (its layout), else the official code's 0.1."""
+    if aspp_dropout is None:
+        aspp_dropout = 0.5 if extra_conv else 0.1
     backbone, aspp = _aspp_encoder(depth, output_stride=output_stride, aspp_rates=aspp_rates, multi_grid=multi_grid,
                                    aspp_dropout=aspp_dropout, width_mult=width_mult,
                                    weights_backbone=weights_backbone, frozen_bn=frozen_bn)

@@ -8,7 +8,8 @@
   with GCN → BR on each of the four stages (score maps at strides 4, 8, 16, 32), then an FCN-4 style
   decoder: the coarsest map goes through a 2× deconvolution, is added to the next finer map, then BR;
   twice more down to stride 4; then deconv → BR twice more to stride 1. In all: 4 GCN, 9 BR (4 per
-  stage + 5 in the decoder) and 5 deconvolutions.
+  stage + 5 in the decoder) and 5 deconvolutions. ``boundary_refinement=False`` drops all 9 BR blocks:
+  the paper's BR ablation (§4.1, GCN with and without BR, boundary vs internal accuracy).
 
 Biases: the paper's code is not public; every convolution here has a bias (Caffe's default,
 ``bias_term: true``), except the deconvolutions, which are FCN's bilinear-initialised, bias-free
@@ -76,19 +77,24 @@ class GlobalConvNet(nn.Module):
 
     With a dilated backbone (``output_stride`` 16 or 8), stages of equal stride are added without a
     deconvolution (``deconv[j]`` is then an ``nn.Identity``); the paper's network has output stride 32.
+    Without ``boundary_refinement`` every ``br[i]`` and ``br_fuse[j]`` is an ``nn.Identity``.
     """
 
-    def __init__(self, backbone: ResNet, num_classes: int, kernel_size: int = 15):
+    def __init__(self, backbone: ResNet, num_classes: int, kernel_size: int = 15, boundary_refinement: bool = True):
         super().__init__()
         self.backbone = backbone
         self.gcn = nn.ModuleList(GlobalConv(backbone.channels[name], num_classes, kernel_size)
                                  for name in LAYER_NAMES)
-        self.br = nn.ModuleList(BoundaryRefinement(num_classes) for _ in LAYER_NAMES)
         strides = [backbone.strides[name] for name in reversed(LAYER_NAMES)] + [2, 1]
         self.deconv = nn.ModuleList(
             bilinear_conv_transpose(num_classes, 2, upsampling_padding(2)) if coarse == 2 * fine else nn.Identity()
             for coarse, fine in zip(strides, strides[1:]))
-        self.br_fuse = nn.ModuleList(BoundaryRefinement(num_classes) for _ in self.deconv)
+
+        def refinement() -> nn.Module:
+            return BoundaryRefinement(num_classes) if boundary_refinement else nn.Identity()
+
+        self.br = nn.ModuleList(refinement() for _ in LAYER_NAMES)
+        self.br_fuse = nn.ModuleList(refinement() for _ in self.deconv)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         height, width = images.shape[-2:]
@@ -104,14 +110,15 @@ class GlobalConvNet(nn.Module):
         return {"out": crop_like(x, 0, height, width)}
 
 
-def _build(depth: int, num_classes: int, *, kernel_size: int = 15, width_mult: float = 1.0,
-           output_stride: int = 32, weights: str | None = None, weights_backbone: str | None = None,
-           frozen_bn: bool = False) -> GlobalConvNet:
-    """Options: GCN ``kernel_size`` (odd), backbone ``width_mult``, ``output_stride`` (32 = the paper),
-    ``weights`` (a seglab checkpoint), ``weights_backbone`` (torchvision ResNet weights), ``frozen_bn``."""
+def _build(depth: int, num_classes: int, *, kernel_size: int = 15, boundary_refinement: bool = True,
+           width_mult: float = 1.0, output_stride: int = 32, weights: str | None = None,
+           weights_backbone: str | None = None, frozen_bn: bool = False) -> GlobalConvNet:
+    """Options: GCN ``kernel_size`` (odd), ``boundary_refinement`` (False: no BR block, the BR ablation),
+    backbone ``width_mult``, ``output_stride`` (32 = the paper), ``weights`` (a seglab checkpoint),
+    ``weights_backbone`` (torchvision ResNet weights), ``frozen_bn``."""
     backbone = resnet_backbone(depth, output_stride=output_stride, width_mult=width_mult,
                                weights_backbone=weights_backbone, frozen_bn=frozen_bn)
-    return load_weights(GlobalConvNet(backbone, num_classes, kernel_size), weights)
+    return load_weights(GlobalConvNet(backbone, num_classes, kernel_size, boundary_refinement), weights)
 
 
 _PAPER = "Peng et al., Large Kernel Matters — Improve Semantic Segmentation by Global Convolutional Network " \
