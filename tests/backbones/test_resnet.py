@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from seglab.backbones import ResNet, load_torchvision_weights
+from seglab.backbones import BasicResNet, ResNet, load_torchvision_weights
 
 DILATIONS = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
 
@@ -50,3 +50,28 @@ def test_bad_depth_and_stride_are_errors():
         ResNet(34)
     with pytest.raises(ValueError, match="output_stride"):
         ResNet(50, 4)
+
+
+@pytest.mark.parametrize("depth, output_stride", [(18, 16), (18, 8), (34, 16)])
+def test_dilated_basic_resnet_is_the_hole_algorithm_on_torchvisions_network(depth, output_stride):
+    """torchvision's resnet18/34 weights in a BasicResNet at output stride 16 or 8: every (32 / OS)-th row and
+    column of layer4 (and of layer3 at OS 8) is torchvision's own output, the hole algorithm's identity."""
+    torch.manual_seed(depth)
+    reference = getattr(torchvision.models, f"resnet{depth}")(weights=None).eval()
+    ours = BasicResNet(depth, output_stride).eval()
+    ours.load_state_dict({k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")})
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        features = ours(x)
+        stem = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
+        expected = {}
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            stem = getattr(reference, name)(stem)
+            expected[name] = stem
+    assert ours.strides == {"layer1": 4, "layer2": 8, "layer3": min(16, output_stride), "layer4": output_stride}
+    for name, tv_stride in (("layer3", 16), ("layer4", 32)):
+        step = tv_stride // ours.strides[name]
+        scale = expected[name].abs().max()
+        torch.testing.assert_close(features[name][..., ::step, ::step] / scale, expected[name] / scale, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="output_stride"):
+        BasicResNet(18, 4)

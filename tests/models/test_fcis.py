@@ -290,7 +290,7 @@ def test_registry_lists_both_and_parameter_counts_are_stable():
     """Trainable parameters at 81 classes with the defaults (BatchNorm, conv1 and layer1 frozen); the paper
     publishes no count. All parameters: ResNet-101 without fc, the RPN head on conv4 (1024 wide, 12
     anchors), the 1×1 reduction and the two map convs."""
-    assert {"fcis_resnet50", "fcis_resnet101"} <= set(models.names("instance"))
+    assert {"fcis_resnet18", "fcis_resnet50", "fcis_resnet101"} <= set(models.names("instance"))
     assert models.count_parameters("fcis_resnet101", 81) == EXPECTED_TRAINABLE_101
     with torch.device("meta"):
         model = models.create("fcis_resnet101", 81, frozen_bn=False, trainable_backbone_layers=5)
@@ -329,3 +329,47 @@ def test_cuda_matches_cpu_and_trains(no_tf32):
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     assert all(p.grad is not None and p.grad.is_cuda for p in gpu.parameters())
+
+
+def test_reference_defaults_and_options_reach_the_heads():
+    """The reference's COCO settings by default (BBOX_STDS 0.2/0.2/0.5/0.5 → weights 5/5/2/2, LOSS_WEIGHT 1/10/1,
+    BINARY_THRESH 0.4, PSROIPooling, CONVNEW3: conv_new_1 at 3× the learning rate); options change them."""
+    from seglab.engine.config import TrainConfig
+    from seglab.engine.optim import build_optimizer
+
+    with torch.device("meta"):
+        model = models.create("fcis_resnet50", 81)
+        other = models.create("fcis_resnet50", 81, assemble="align", formulation="separate", voting="reference",
+                              loss_weights=(1, 1, 1), conv_new_lr_mult=1.0)
+    heads = model.roi_heads
+    assert heads.box_coder.weights == (5.0, 5.0, 2.0, 2.0) and heads.loss_weights == (1.0, 10.0, 1.0)
+    assert heads.binary_thresh == 0.4 and heads.assemble == "pool" and heads.voting == "paper"
+    assert heads.score_maps.fcis_cls is None and other.roi_heads.score_maps.fcis_cls.out_channels == 81 * 49
+    assert (other.roi_heads.assemble, other.roi_heads.voting, other.roi_heads.loss_weights) == \
+        ("align", "reference", (1, 1, 1))
+    small = models.create("fcis_resnet50", NUM_CLASSES, **SMALL)
+    optimizer = build_optimizer(small, TrainConfig(lr=0.01))
+    rates = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    conv_new = small.roi_heads.score_maps.conv_new_1
+    assert rates[id(conv_new.weight)] == rates[id(conv_new.bias)] == pytest.approx(0.03)
+    assert rates[id(small.roi_heads.score_maps.fcis_cls_seg.weight)] == pytest.approx(0.01)
+    for bad, match in (({"assemble": "copy"}, "assemble"), ({"formulation": "both"}, "formulation")):
+        with pytest.raises(ValueError, match=match):
+            models.create("fcis_resnet50", NUM_CLASSES, **SMALL, **bad)
+
+
+def test_fcis_resnet18_shapes_config_is_within_a_quarter_of_the_small_mask_rcnns_parameters():
+    """The comparison's two configs: the same ResNet-18 at full width, parameter counts within ±25%."""
+    from seglab.engine.config import load_config
+
+    counts = {}
+    for name in ("fcis_resnet18", "maskrcnn_resnet18_fpn"):
+        config = load_config(f"configs/{name}_shapes.yaml")
+        assert config.model == name and config.iters == 1200 and config.batch_size == 8
+        with torch.device("meta"):
+            model = models.create(name, 5, **config.model_options)
+        counts[name] = sum(p.numel() for p in model.parameters())
+        assert [p.shape for n, p in model.backbone.named_parameters() if n.startswith(("body.layer", "layer"))] \
+            == [p.shape for n, p in models.create("fcis_resnet18", 5, frozen_bn=False).backbone.named_parameters()
+                if n.startswith("layer")]
+    assert 0.75 <= counts["fcis_resnet18"] / counts["maskrcnn_resnet18_fpn"] <= 1.25, counts

@@ -13,51 +13,12 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from .pretrained import prepare_backbone
-from .resnet import DEPTHS, LAYER_NAMES, ResNet
+from .resnet import BASIC_DEPTHS, DEPTHS, LAYER_NAMES, BasicResNet, ResNet
 
-BASIC_DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 # torchvision's order of freezing: trainable_layers=k trains the first k of these (and bn1 when k = 5).
 TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
-
-
-class BasicResNet(nn.Module):
-    """ResNet-18/34 (``BasicBlock``) without its classifier, stride 32, torchvision's parameter names.
-    (N,3,H,W) → {"layer1".."layer4": features at strides 4, 8, 16, 32}.
-
-    ``ResNet`` builds the Bottleneck depths only; this is its BasicBlock counterpart.
-    """
-
-    classifier_prefixes = ("fc.",)
-    forward = ResNet.forward  # same stem and stages, only the blocks differ
-
-    def __init__(self, depth: int = 18):
-        super().__init__()
-        if depth not in BASIC_DEPTHS:
-            raise ValueError(f"BasicResNet depth must be one of {sorted(BASIC_DEPTHS)}, got {depth}")
-        self.torchvision_arch = f"resnet{depth}"
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.channels, self.strides = {}, {}
-        inplanes = 64
-        for index, (name, blocks) in enumerate(zip(LAYER_NAMES, BASIC_DEPTHS[depth])):
-            planes, stride = 64 * 2 ** index, 1 if index == 0 else 2
-            downsample = None
-            if stride != 1 or inplanes != planes:
-                downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
-                                           nn.BatchNorm2d(planes))
-            layers = [BasicBlock(inplanes, planes, stride, downsample)]
-            layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
-            setattr(self, name, nn.Sequential(*layers))
-            inplanes = planes
-            self.channels[name], self.strides[name] = planes, 4 * 2 ** index
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 class FeaturePyramidNetwork(nn.Module):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import ResNet, prepare_backbone
+from ..backbones import BASIC_DEPTHS, BasicResNet, ResNet, prepare_backbone
 from ..io import load_state, safe_load
 
 
@@ -41,8 +41,12 @@ class SegmentationModel(nn.Module):
 
 def resnet_backbone(depth: int, *, output_stride: int, multi_grid=None, width_mult: float = 1.0,
                     weights_backbone: str | None = None, frozen_bn: bool = False) -> ResNet:
-    """A ``ResNet`` with optional ImageNet weights from disk and optionally frozen BatchNorm."""
-    backbone = ResNet(depth, output_stride, tuple(multi_grid) if multi_grid else None, width_mult)
+    """A ``ResNet`` (``BasicResNet`` for depths 18 and 34, which take no ``multi_grid``) with optional ImageNet
+    weights from disk and optionally frozen BatchNorm."""
+    if depth in BASIC_DEPTHS:
+        backbone = BasicResNet(depth, output_stride, width_mult)
+    else:
+        backbone = ResNet(depth, output_stride, tuple(multi_grid) if multi_grid else None, width_mult)
     return prepare_backbone(backbone, weights_backbone=weights_backbone, frozen_bn=frozen_bn)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ...backbones import ResNet
+from ...backbones import BASIC_DEPTHS, ResNet
 from ...backbones.fpn import freeze_layers
 from ...data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..base import load_weights, options_of, resnet_backbone
@@ -87,7 +87,8 @@ def fcis_resnet(depth: int, num_classes: int, *, width_mult: float = 1.0, frozen
     the reference code fine-tunes from ImageNet: BatchNorm frozen, conv1 and conv2_x (layer1) frozen; from
     scratch, pass ``frozen_bn=False, trainable_backbone_layers=5``. ``width_mult`` scales the ResNet's widths;
     ``weights``: a seglab checkpoint or state dict on disk (strict)."""
-    backbone = resnet_backbone(depth, output_stride=output_stride, multi_grid=(1, 1, 1), width_mult=width_mult,
+    multi_grid = None if depth in BASIC_DEPTHS else (1, 1, 1)  # BasicResNet takes torchvision's rates
+    backbone = resnet_backbone(depth, output_stride=output_stride, multi_grid=multi_grid, width_mult=width_mult,
                                weights_backbone=weights_backbone, frozen_bn=frozen_bn)
     return load_weights(fcis(freeze_layers(backbone, trainable_backbone_layers), num_classes, **options), weights)
 
@@ -98,6 +99,14 @@ def fcis_resnet50(num_classes: int, **options) -> FCIS:
     """FCIS, ResNet-50; the small configuration (e.g. ``width_mult=0.25, reduce_channels=128, min_size=128,
     max_size=128, anchor_sizes=(16, 32, 64, 128)``) trains on a CPU."""
     return fcis_resnet(50, num_classes, **options)
+
+
+@register("fcis_resnet18", task="instance", paper=PAPER)
+@options_of(fcis_resnet)
+def fcis_resnet18(num_classes: int, **options) -> FCIS:
+    """FCIS, ResNet-18 (dilated by torchvision's rule, see ``BasicResNet``): the backbone of the small Mask R-CNN
+    configuration, for comparisons at equal capacity."""
+    return fcis_resnet(18, num_classes, **options)
 
 
 @register("fcis_resnet101", task="instance", paper=PAPER)
