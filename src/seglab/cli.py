@@ -200,6 +200,20 @@ def cmd_benchmark(args) -> None:
         del model
 
 
+def cmd_experiment(args) -> None:
+    from .engine.experiment import list_experiments, run_experiment
+
+    if args.list:
+        print("\n".join(list_experiments()))
+        return
+    if args.name is None:
+        raise ValueError("name an experiment (or all), or pass --list")
+    names = list_experiments() if args.name == "all" else [args.name]
+    for name in names:
+        out = None if args.out is None else (Path(args.out) / name if args.name == "all" else args.out)
+        print(run_experiment(name, seeds=args.seeds, seed=args.seed, out=out, device=args.device))
+
+
 def cmd_export(args) -> None:
     from .export import to_onnx, to_safetensors
     from .io import writable_dir
@@ -445,6 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile_flag(bench)
     bench.add_argument("--repeats", type=int, default=10, help="timed calls after 2 warm-up calls (default: 10)")
     bench.set_defaults(func=cmd_benchmark)
+
+    experiment = commands.add_parser("experiment", help="rerun a paper's ablation: every variant with the same "
+                                     "data, budget and seeds; results.json and a report")
+    experiment.add_argument("name", nargs="?", help="an experiment in configs/experiments (or a YAML path), or all")
+    experiment.add_argument("--list", action="store_true", help="list the experiments and stop")
+    experiment.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
+    experiment.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
+    experiment.add_argument("--out", help="output directory (default: runs/experiments/NAME)")
+    experiment.add_argument("--device", help="device of every run (default: each config's)")
+    experiment.set_defaults(func=cmd_experiment)
 
     export_cmd = commands.add_parser("export", help="export a model to ONNX (checked in onnxruntime against PyTorch) "
                                                     "or to safetensors")

@@ -129,3 +129,16 @@ def instance_report(out_dir: str | Path, metrics: dict, classes: Sequence[str], 
     sections += _curves(run_dir)
     gallery = _gallery("Examples", INSTANCE_COLUMNS, [("", rows)])
     return _render(out_dir, _title("instance", config, run_dir), sections, gallery, config)
+
+
+def experiment_report(out_dir: str | Path, title: str, paper: str, variants: Sequence[Sequence[str]],
+                      claims: Sequence[Sequence[str]]) -> Path:
+    """``out_dir/report.html`` of ``seglab experiment``: the variants' table (name, paper, seglab's mean ± std,
+    seconds) and the paper's claims (holds, in how many seeds, Welch p)."""
+    sections = [{"heading": "Variants", "note": f"paper: {paper}" if paper else "",
+                 "tables": [{"columns": ["variant", "paper", "seglab (mean ± std over seeds)", "seconds per run"],
+                             "rows": variants}], "figures": []},
+                {"heading": "The paper's direction", "note": "each variant against the one before it",
+                 "tables": [{"columns": ["claim", "holds here", "in seeds", "Welch p"], "rows": claims}],
+                 "figures": []}]
+    return _render(out_dir, title, sections, None, None)
