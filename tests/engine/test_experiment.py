@@ -94,9 +94,14 @@ def test_claims_count_seeds_and_take_welchs_t_test():
     ({"order": ["slow"]}, "order must list"),
     ({"variants": {"Slow": {}, "fast": {}}, "order": ["Slow", "fast"]}, "lower-case"),
     ({"colour": 1}, "unknown keys"),
+    ({"base": None}, "base is missing"),
 ])
 def test_bad_experiment_files_are_refused_naming_the_file(tmp_path, change, message):
     path = write_experiment(tmp_path, **change)
+    if change.get("base", "") is None:  # the key left out entirely
+        spec = yaml.safe_load(path.read_text())
+        del spec["base"]
+        path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match=message) as error:
         load_experiment(path)
     assert str(path) in str(error.value)
@@ -104,7 +109,17 @@ def test_bad_experiment_files_are_refused_naming_the_file(tmp_path, change, mess
     assert bad.returncode == 1 and "no experiment 'no-such-experiment'" in bad.stderr
 
 
-def test_list_names_the_shipped_experiments():
-    assert "roi-align" in seglab("experiment", "--list").stdout.split()
-    spec = load_experiment(experiment_module.experiment_path("roi-align"))
-    assert spec["order"] == ["roipool", "roialign"] and spec["metric"] == "segm_AP"
+def test_list_names_the_shipped_experiments_and_their_runs_configure():
+    """Every shipped experiment loads and each of its variants' run configs builds (the model options exist)."""
+    listed = seglab("experiment", "--list").stdout.split()
+    assert {"roi-align", "fcis-vs-maskrcnn"} <= set(listed)
+    for name in listed:
+        spec = load_experiment(experiment_module.experiment_path(name))
+        for variant in spec["order"]:
+            config = experiment_module.run_config(spec, variant, 0, "runs/x", None)
+            assert config.best_metric == spec["metric"]
+    roi = load_experiment(experiment_module.experiment_path("roi-align"))
+    assert experiment_module.run_config(roi, "roipool", 0, "x", None).model_options["roi_pool_type"] == "pool"
+    fair = load_experiment(experiment_module.experiment_path("fcis-vs-maskrcnn"))
+    assert [experiment_module.run_config(fair, v, 0, "x", None).model for v in fair["order"]] == \
+        ["fcis_resnet18", "maskrcnn_resnet18_fpn"]

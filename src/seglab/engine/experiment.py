@@ -6,7 +6,7 @@ An experiment is a YAML file (``configs/experiments/NAME.yaml``)::
     experiment: roi-align                 # its name (the file's stem)
     paper: Mask R-CNN (arXiv:1703.06870) Table 2c, mask AP on COCO minival (R50-C4)
     metric: segm_AP                       # a validation metric of the task, higher is better
-    base: configs/maskrcnn_resnet18_fpn_shapes.yaml
+    base: configs/maskrcnn_resnet18_fpn_shapes.yaml   # a variant may name its own
     train: {iters: 300}                   # overrides every variant shares
     order: [roipool, roialign]            # the paper's direction: each variant better than the one before
     variants:
@@ -31,7 +31,8 @@ from .config import load_config, read_yaml_mapping
 from .train import train
 
 EXPERIMENTS = Path("configs/experiments")  # where names are looked up, from the current directory
-KEYS = {"experiment", "paper", "metric", "base", "train", "order", "variants", "note"}
+KEYS = {"experiment", "paper", "metric", "base", "train", "order", "variants"}
+VARIANT_KEYS = {"paper", "train", "base"}  # a variant's own base config replaces the experiment's
 
 
 def experiment_path(name: str) -> Path:
@@ -56,16 +57,18 @@ def load_experiment(path: Path) -> dict:
     unknown = sorted(set(spec) - KEYS)
     if unknown:
         raise ValueError(f"{path}: unknown keys {unknown}; known: {sorted(KEYS)}")
-    for key in ("experiment", "metric", "base", "variants"):
+    for key in ("experiment", "metric", "variants"):
         if key not in spec:
             raise ValueError(f"{path}: {key} is missing")
     variants = spec["variants"]
     if not isinstance(variants, dict) or len(variants) < 2:
         raise ValueError(f"{path}: variants must map at least two names to their settings, got {variants!r}")
     for name, variant in variants.items():
-        if name != name.lower() or not isinstance(variant or {}, dict) or set(variant or {}) - {"paper", "train"}:
-            raise ValueError(f"{path}: variant {name!r} must be a lower-case name mapping to paper/train, "
-                             f"got {variant!r}")
+        if name != name.lower() or not isinstance(variant or {}, dict) or set(variant or {}) - VARIANT_KEYS:
+            raise ValueError(f"{path}: variant {name!r} must be a lower-case name mapping to "
+                             f"{'/'.join(sorted(VARIANT_KEYS))}, got {variant!r}")
+        if "base" not in spec and "base" not in (variant or {}):
+            raise ValueError(f"{path}: base is missing (for variant {name!r})")
     order = spec.get("order", list(variants))
     if sorted(order) != sorted(variants):
         raise ValueError(f"{path}: order must list the variants {sorted(variants)}, got {order}")
@@ -73,13 +76,14 @@ def load_experiment(path: Path) -> dict:
 
 
 def run_config(spec: dict, variant: str, seed: int, out: Path, device: str | None, resume: bool = False):
-    """The TrainConfig of one run: the base file ← the shared ``train`` ← the variant's, then seed, out, device,
-    resume (``model_options`` and ``data_options`` merge key by key)."""
+    """The TrainConfig of one run: the (variant's, else the experiment's) base file ← the shared ``train`` ← the
+    variant's, then seed, out, device, resume (``model_options`` and ``data_options`` merge key by key)."""
     overrides = {**spec.get("train", {})}
-    for key, value in spec["variants"][variant].get("train", {}).items():
+    settings = spec["variants"][variant]
+    for key, value in settings.get("train", {}).items():
         merged = key in ("model_options", "data_options") and isinstance(overrides.get(key), dict)
         overrides[key] = {**overrides[key], **value} if merged else value
-    return load_config(spec["base"], {**overrides, "seed": seed, "out": str(out), "device": device,
+    return load_config(settings.get("base", spec.get("base")), {**overrides, "seed": seed, "out": str(out), "device": device,
                                       "best_metric": spec["metric"], "resume": resume})
 
 
