@@ -22,14 +22,10 @@ import json
 import statistics
 from pathlib import Path
 
-import torch
-
 import seglab
 from seglab.engine.config import load_config
 from seglab.engine import instance
 from seglab.engine.train import train
-from seglab.models.detection import paste_masks_in_image, resize_boxes
-from seglab.models.maskrcnn import class_masks
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_resnet18_fpn_shapes.yaml"
 SET_A, SET_B = ["circle", "square"], ["triangle", "star"]
@@ -43,25 +39,6 @@ COLUMNS = [("mask AP, set B (no masks in training)", "B", "segm_AP"), ("mask AP5
            ("box AP, set A", "A", "bbox_AP"), ("mask IoU on true boxes, set A", "iou", "A")]
 
 
-@torch.no_grad()
-def mask_iou_on_true_boxes(model, dataset, labels: list[int]) -> float:
-    """Mean IoU between the ground-truth masks of the ``labels`` instances in ``dataset`` and the model's masks
-    (probability ≥ 0.5) for their ground-truth boxes and classes: mask quality apart from detection."""
-    model.eval()
-    ious = []
-    for image, target in dataset:
-        keep = torch.isin(target["labels"], torch.tensor(labels))
-        if not keep.any():
-            continue
-        boxes, size = target["boxes"][keep].float(), tuple(image.shape[-2:])
-        batch, sizes, _ = model.transform([image.float() / 255])
-        logits = model.roi_heads.mask_logits(model.backbone(batch), [resize_boxes(boxes, size, sizes[0])], sizes)
-        masks = paste_masks_in_image(class_masks(logits, target["labels"][keep]), boxes, size)[:, 0] >= 0.5
-        truth = target["masks"][keep].bool()
-        ious.append((masks & truth).flatten(1).sum(1) / (masks | truth).flatten(1).sum(1).clamp(min=1))
-    return torch.cat(ious).mean().item()
-
-
 def run(model: str, options: dict, seed: int, out: Path, args) -> dict:
     """Train one model with one seed into ``out``, score it on the val set: {"B", "A": summaries, "iou": {A, B}}."""
     config = load_config(CONFIG, {"model": model, "model_options": options, "mask_classes": SET_A, "seed": seed,
@@ -73,7 +50,7 @@ def run(model: str, options: dict, seed: int, out: Path, args) -> dict:
     trained = seglab.models.load(out)
     labels = {group: [val_set.classes.index(c) for c in names] for group, names in (("A", SET_A), ("B", SET_B))}
     result = {group: instance.summary(instance.evaluate(trained, val_set, labels=labels[group])[0]) for group in "BA"}
-    result["iou"] = {group: mask_iou_on_true_boxes(trained, val_set, group_labels)
+    result["iou"] = {group: instance.mask_iou_on_true_boxes(trained, val_set, group_labels)
                      for group, group_labels in labels.items()}
     (out / "partial_supervision.json").write_text(json.dumps(result, indent=2))
     return result

@@ -1,5 +1,9 @@
 """The instance-segmentation engine: COCO ground truth from any instance dataset, COCOeval through
-evaluate_instances (an oracle model scores AP = 1), the training loss and the report."""
+evaluate_instances (an oracle model scores AP = 1), the training loss, the report and the mask IoU on true
+boxes."""
+import math
+
+import pytest
 import torch
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -79,3 +83,31 @@ def test_rotation_recomputes_each_box_from_its_rotated_mask_and_jitter_leaves_th
     assert rotated == 4
     images, targets = collate([dataset[(0, 0)], dataset[(0, 1)]])
     assert set(targets[0]) == {"boxes", "labels", "masks"}
+
+
+def test_mask_iou_on_true_boxes_scores_the_mask_head_on_the_true_boxes():
+    """Mask R-CNN and FCIS alike: their masks for the true boxes and classes; a head that answers "all inside"
+    scores the IoU of each true mask with its box pasted by torchvision's rule."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image as tv_paste
+
+    from seglab import models
+    from seglab.engine.instance import mask_iou_on_true_boxes
+
+    dataset = Shapes("val", 3, image_size=64)
+    small = {"frozen_bn": False, "trainable_backbone_layers": 5, "min_size": 64, "max_size": 64}
+    torch.manual_seed(0)
+    for name, options in (("maskrcnn_resnet18_fpn", {"fpn_channels": 16, "representation_size": 32,
+                                                      "mask_layers": [8]}),
+                          ("fcis_resnet50", {"width_mult": 0.125, "reduce_channels": 16, "group_size": 3})):
+        model = models.create(name, 5, **small, **options)
+        value = mask_iou_on_true_boxes(model, dataset)
+        assert 0.0 <= value <= 1.0
+        model.roi_heads.masks_for = lambda features, boxes, labels, sizes: torch.ones(len(labels), 1, 6, 6)
+        ious = []
+        for image, target in dataset:
+            filled = tv_paste(torch.ones(len(target["boxes"]), 1, 6, 6), target["boxes"].float(),
+                              tuple(image.shape[-2:]))[:, 0] >= 0.5
+            truth = target["masks"].bool()
+            ious += ((filled & truth).flatten(1).sum(1) / (filled | truth).flatten(1).sum(1)).tolist()
+        assert mask_iou_on_true_boxes(model, dataset) == pytest.approx(sum(ious) / len(ious), abs=1e-6)
+        assert math.isnan(mask_iou_on_true_boxes(model, dataset, labels=[99]))  # no instance of class 99

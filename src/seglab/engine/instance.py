@@ -19,6 +19,7 @@ from ..data.transforms import RandomRotate, color_jitter_transform
 from ..io import write_json
 from ..metrics.coco import IOU_TYPES, STAT_NAMES, coco_results, evaluate_coco, format_coco_table
 from ..models.base import model_device
+from ..models.detection import paste_masks_in_image, resize_boxes
 from . import distributed, inputs
 from .inference import inference_context
 from .sampler import aspect_ratio_groups
@@ -163,6 +164,29 @@ def detect_batch(model: nn.Module, images: list[torch.Tensor],
 def detect(model: nn.Module, image: torch.Tensor, device: torch.device | None = None) -> dict[str, torch.Tensor]:
     """``detect_batch`` of one uint8 image (3,H,W)."""
     return detect_batch(model, [image], device)[0]
+
+
+@torch.no_grad()
+def mask_iou_on_true_boxes(model: nn.Module, dataset, labels: Sequence[int] | None = None) -> float:
+    """Mean IoU between the ground-truth masks of ``dataset``'s instances (of ``labels`` only, if given) and the
+    model's masks (probability ≥ 0.5) for their true boxes and classes (``roi_heads.masks_for``): mask quality
+    apart from detection, as the Mask^X paper measures it."""
+    device = model_device(model)
+    model.eval()
+    ious = []
+    for image, target in dataset:
+        keep = torch.ones_like(target["labels"], dtype=torch.bool) if labels is None else \
+            torch.isin(target["labels"], torch.tensor(list(labels)))
+        if not keep.any():
+            continue
+        boxes, size = target["boxes"][keep].float(), tuple(image.shape[-2:])
+        batch, sizes, _ = model.transform([image.float().to(device) / 255])
+        resized = resize_boxes(boxes.to(device), size, sizes[0])
+        probs = model.roi_heads.masks_for(model.backbone(batch), [resized], target["labels"][keep].to(device), sizes)
+        masks = paste_masks_in_image(probs, boxes.to(device), size)[:, 0].cpu() >= 0.5
+        truth = target["masks"][keep].bool()
+        ious.append((masks & truth).flatten(1).sum(1) / (masks | truth).flatten(1).sum(1).clamp(min=1))
+    return torch.cat(ious).mean().item() if ious else float("nan")
 
 
 def shown_detections(prediction: dict[str, torch.Tensor], meta: dict,

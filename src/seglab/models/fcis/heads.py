@@ -133,6 +133,13 @@ class FCISRoIHeads(nn.Module):
         """Class-agnostic deltas (K, 4) of the concatenated boxes: the assembled m×m box bins averaged."""
         return self.assembled(maps["bbox"], boxes, self.mask_size).mean((2, 3))
 
+    def masks_for(self, features: dict[str, Tensor], boxes: list[Tensor], labels: Tensor,
+                  image_sizes: list[tuple[int, int]]) -> Tensor:
+        """Mask probabilities (K, 1, m, m) of the concatenated given boxes for the given classes (K,), as assembled
+        (no voting)."""
+        mask_logits = self.score_rois(self.score_maps(features[self.feature]), boxes)[1]
+        return mask_logits[torch.arange(len(labels), device=labels.device), labels][:, None].sigmoid()
+
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """Backbone features of the padded batch, proposals [(P_i, 4) xyxy pixels] and image sizes →

@@ -82,6 +82,11 @@ class RoIHeads(nn.Module):
         """Mask logits (K, num_classes, 28, 28) of the concatenated boxes."""
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_sizes)), self.box_predictor)
 
+    def masks_for(self, features: dict[str, Tensor], boxes: list[Tensor], labels: Tensor,
+                  image_sizes: list[tuple[int, int]]) -> Tensor:
+        """Mask probabilities (K, 1, 28, 28) of the concatenated given boxes for the given classes (K,)."""
+        return class_masks(self.mask_logits(features, boxes, image_sizes), labels)
+
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         """FPN features, proposals [(P_i, 4)] and image sizes → (detections [{"boxes" (D,4), "labels" (D,),
