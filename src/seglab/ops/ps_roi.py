@@ -57,8 +57,8 @@ def ps_roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatia
     width and height are at least 0.1. Bin (i, j) covers map pixels ``floor(start + i·bin) ..
     ceil(start + (i+1)·bin)`` (exclusive end, clipped to the map) and is the plain mean of those pixels
     of channel c·k² + (i·k // ph)·k + (j·k // pw), 0 where it covers none; its gradient spreads evenly over
-    them. Sums come from a summed-area table (float64 on the CPU, float32 elsewhere), so the cost does
-    not grow with the bin size.
+    them. Sums come from a summed-area table (float64 on the CPU, float32 elsewhere): each bin is one bag of
+    ``F.embedding_bag`` over its four corners, so the cost does not grow with the bin size.
     """
     pooled, group = _grids(input, output_size, group_size)
     batch, channels, height, width = input.shape
@@ -67,18 +67,35 @@ def ps_roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatia
     rows, row_end = _pool_spans(rois[:, 2], rois[:, 4], pooled[0], spatial_scale, height)  # (K, ph) each
     cols, col_end = _pool_spans(rois[:, 1], rois[:, 3], pooled[1], spatial_scale, width)  # (K, pw) each
     accumulate = torch.float64 if input.device.type == "cpu" else torch.float32
-    table = F.pad(input.to(accumulate).cumsum(2).cumsum(3), (1, 0, 1, 0))  # (N, C, H+1, W+1): sums above-left
-    table = table.reshape(batch, channels // cells, cells, (height + 1) * (width + 1))
-    cell = _cell_rows(pooled, group, 1, input.device).view(*pooled)  # (ph, pw) the cell each bin reads
-    image = rois[:, 0].long()
+    summed = F.pad(input.to(accumulate).cumsum(2).cumsum(3), (1, 0, 1, 0))  # (N, C, H+1, W+1): sums above-left
+    # one channels-last table, rows blocked by cell as in ps_roi_align: ((cell·N + n)·(H+1) + y)·(W+1) + x
+    table = summed.reshape(batch, channels // cells, cells, -1).permute(2, 0, 3, 1).reshape(-1, channels // cells)
+    plane = (height + 1) * (width + 1)
+    cell = _cell_rows(pooled, group, batch * plane, input.device).view(1, *pooled)  # (1, ph, pw) its cell's block
+    base = cell + rois[:, 0].long()[:, None, None] * plane
+    corners = [y[:, :, None] * (width + 1) + x[:, None, :] for y in (row_end, rows) for x in (col_end, cols)]
+    index = torch.stack(corners, -1) + base[..., None]  # (K, ph, pw, 4): the sum's four corners
+    area = ((row_end - rows)[:, :, None] * (col_end - cols)[:, None, :]).to(accumulate)  # 0 where a bin is empty
+    weights = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=accumulate, device=input.device) / area.clamp(min=1)[..., None]
+    out = _CornerSum.apply(table, index.reshape(-1, 4), weights.reshape(-1, 4))
+    return out.view(len(rois), *pooled, channels // cells).permute(0, 3, 1, 2).to(input.dtype)
 
-    def corner(y: Tensor, x: Tensor) -> Tensor:  # (K, C', ph, pw) table entries at rows y (K, ph), cols x (K, pw)
-        flat = y[:, :, None] * (width + 1) + x[:, None, :]
-        return table[image[:, None, None], :, cell[None], flat].permute(0, 3, 1, 2)
 
-    total = corner(row_end, col_end) - corner(rows, col_end) - corner(row_end, cols) + corner(rows, cols)
-    area = (row_end - rows)[:, :, None] * (col_end - cols)[:, None, :]  # (K, ph, pw) pixels, 0 if empty
-    return (total / area.clamp(min=1)[:, None]).to(input.dtype)
+class _CornerSum(torch.autograd.Function):
+    """Rows (B, C) = Σ_j weights[b, j] · table[index[b, j]]: one ``embedding_bag`` sum forward; backward, the
+    transpose as one ``index_add_`` (embedding_bag's own dense backward sorts the indices and is slower)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
+        ctx.save_for_backward(index, weights)
+        ctx.rows = table.shape[0]
+        return F.embedding_bag(index, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, weights = ctx.saved_tensors
+        spread = (grad[:, None, :] * weights[..., None]).reshape(-1, grad.shape[1])
+        return grad.new_zeros(ctx.rows, grad.shape[1]).index_add_(0, index.reshape(-1), spread), None, None
 
 
 def _grids(input: Tensor, output_size, group_size) -> tuple[tuple[int, int], tuple[int, int]]:
