@@ -205,6 +205,8 @@ buffers_same = everywhere([b for b in trainer.model.buffers() if b.is_floating_p
 if dist.get_rank() == 0:
     torch.save({k: v.clone() for k, v in trainer.ema.state_dict().items()}, sys.argv[1] + "/rank0_ema.pt")
     print("EMA_SAME", ema_same, "MODEL_BUFFERS_SAME", buffers_same)
+del trainer  # its DDP reducer holds the process group: freed now, not by the interpreter's teardown
+dist.barrier()
 dist.destroy_process_group()
 '''
 

@@ -421,6 +421,7 @@ def train(config: TrainConfig) -> dict | None:
     created is removed again when training fails before anything was written into it."""
     out = Path(config.out)
     created = not out.exists()
+    trainer = None
     try:
         trainer = Trainer(config)
         with trainer.events or contextlib.nullcontext():  # closing the TensorBoard writer flushes it
@@ -435,6 +436,9 @@ def train(config: TrainConfig) -> dict | None:
             out.rmdir()
         raise
     finally:
+        # the DDP reducer holds the process group: release it here, not in the interpreter's teardown, where
+        # gloo's worker threads can abort the process (SIGABRT, "terminate called without an active exception")
+        del trainer
         distributed.cleanup()
 
 
