@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import seglab
 from seglab.engine.config import load_config
 from seglab.engine import instance
+from seglab.engine.experiment import mean_std
 from seglab.engine.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "maskrcnn_resnet18_fpn_shapes.yaml"
@@ -54,14 +54,6 @@ def run(model: str, options: dict, seed: int, out: Path, args) -> dict:
                      for group, group_labels in labels.items()}
     (out / "partial_supervision.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def mean_std(values: list[float]) -> str:
-    """Points (×100): "mean ± sample std", the mean alone for one value."""
-    points = [100 * v for v in values]
-    if len(points) == 1:
-        return f"{points[0]:.1f}"
-    return f"{statistics.mean(points):.1f} ± {statistics.stdev(points):.1f}"
 
 
 def table(results: dict[str, list[dict]]) -> str:

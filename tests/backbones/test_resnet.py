@@ -72,6 +72,7 @@ def test_dilated_basic_resnet_is_the_hole_algorithm_on_torchvisions_network(dept
     for name, tv_stride in (("layer3", 16), ("layer4", 32)):
         step = tv_stride // ours.strides[name]
         scale = expected[name].abs().max()
-        torch.testing.assert_close(features[name][..., ::step, ::step] / scale, expected[name] / scale, rtol=0, atol=1e-5)
+        torch.testing.assert_close(features[name][..., ::step, ::step] / scale, expected[name] / scale, rtol=0,
+                                   atol=1e-5)
     with pytest.raises(ValueError, match="output_stride"):
         BasicResNet(18, 4)

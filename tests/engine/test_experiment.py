@@ -10,7 +10,7 @@ from cli_run import seglab
 from scipy import stats
 
 from seglab.engine import experiment as experiment_module
-from seglab.engine.experiment import claim_rows, load_experiment, run_experiment
+from seglab.engine.experiment import claim_rows, load_experiment, mean_std, run_experiment
 
 TINY = {"model": "fcn32s_vgg16", "width_mult": 0.0625, "model_options": {"padding": "same"}, "data": "shapes",
         "image_size": 32, "num_train": 2, "num_val": 2, "batch_size": 2, "iters": 1, "val_every": 0}
@@ -87,6 +87,7 @@ def test_claims_count_seeds_and_take_welchs_t_test():
     assert float(p) == pytest.approx(2 * stats.t.sf(abs(t), dof), abs=5e-4)
     one = claim_rows(spec, {"variants": {"a": {"values": [0.3]}, "b": {"values": [0.2]}}})
     assert one == [["b > a", "no", "0 of 1", "n/a"]]
+    assert (mean_std(a), mean_std([0.5]), mean_std([math.nan])) == ("20.0 ± 10.0", "50.0", "n/a")  # points
 
 
 @pytest.mark.parametrize("change, message", [

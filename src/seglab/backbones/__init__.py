@@ -3,5 +3,5 @@ from .pretrained import freeze_batch_norm, load_torchvision_weights, prepare_bac
 from .resnet import BASIC_DEPTHS, BasicResNet, ResNet
 from .vgg import VGG16, deeplab_vgg16_backbone, dilation_vgg16_frontend
 
-__all__ = ["ResNet", "BasicResNet", "BASIC_DEPTHS", "VGG16", "deeplab_vgg16_backbone", "dilation_vgg16_frontend", "freeze_batch_norm",
-           "load_torchvision_weights", "prepare_backbone"]
+__all__ = ["ResNet", "BasicResNet", "BASIC_DEPTHS", "VGG16", "deeplab_vgg16_backbone", "dilation_vgg16_frontend",
+           "freeze_batch_norm", "load_torchvision_weights", "prepare_backbone"]

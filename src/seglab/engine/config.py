@@ -269,16 +269,22 @@ def reworded(name: str, parse: Callable, *args):
         raise ConfigError(name, message if message.startswith(name) else f"{name}: {message}") from None
 
 
+def merge_settings(lower: dict, upper: dict) -> dict:
+    """``upper``'s settings over ``lower``'s; ``model_options`` and ``data_options`` merge key by key."""
+    values = {**lower, **upper}
+    for key in ("model_options", "data_options"):
+        if isinstance(lower.get(key), dict) and isinstance(upper.get(key), dict):
+            values[key] = {**lower[key], **upper[key]}
+    return values
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """Defaults ← YAML file at ``path`` ← ``overrides`` (None values are ignored; ``model_options`` and
     ``data_options`` merge key by key). Unknown keys and unusable values are one-line ValueErrors, those of the
     file's values prefixed with its path."""
     from_file = read_yaml_mapping(Path(path)) if path is not None else {}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    values = {**from_file, **overrides}
-    for key in ("model_options", "data_options"):
-        if isinstance(from_file.get(key), dict) and isinstance(overrides.get(key), dict):
-            values[key] = {**from_file[key], **overrides[key]}
+    values = merge_settings(from_file, overrides)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -77,7 +77,8 @@ def crf_tune_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *
     baseline, results = tune_crf(model, dataset, meta["num_classes"], meta["mean"], meta["std"], grid, fixed,
                                  iterations)
     lines = [f"{len(dataset)} images, w2 = {fixed['gaussian_compat']:g}, θγ = {fixed['gaussian_sxy']:g}, "
-             f"normalisation {fixed['normalization']!r}, {iterations} iterations; mIoU without the CRF: {baseline:.4f}", "",
+             f"normalisation {fixed['normalization']!r}, {iterations} iterations; "
+             f"mIoU without the CRF: {baseline:.4f}", "",
              "| w1 | θα | θβ | mIoU |", "|---:|---:|---:|---:|"]
     lines += [f"| {p['bilateral_compat']:g} | {p['bilateral_sxy']:g} | {p['bilateral_srgb']:g} | {miou:.4f} |"
               for p, miou in results[:top]]

@@ -27,7 +27,7 @@ from scipy import stats
 
 from .. import report
 from ..io import write_json
-from .config import load_config, read_yaml_mapping
+from .config import load_config, merge_settings, read_yaml_mapping
 from .train import train
 
 EXPERIMENTS = Path("configs/experiments")  # where names are looked up, from the current directory
@@ -78,13 +78,10 @@ def load_experiment(path: Path) -> dict:
 def run_config(spec: dict, variant: str, seed: int, out: Path, device: str | None, resume: bool = False):
     """The TrainConfig of one run: the (variant's, else the experiment's) base file ← the shared ``train`` ← the
     variant's, then seed, out, device, resume (``model_options`` and ``data_options`` merge key by key)."""
-    overrides = {**spec.get("train", {})}
     settings = spec["variants"][variant]
-    for key, value in settings.get("train", {}).items():
-        merged = key in ("model_options", "data_options") and isinstance(overrides.get(key), dict)
-        overrides[key] = {**overrides[key], **value} if merged else value
-    return load_config(settings.get("base", spec.get("base")), {**overrides, "seed": seed, "out": str(out), "device": device,
-                                      "best_metric": spec["metric"], "resume": resume})
+    overrides = merge_settings(spec.get("train", {}), settings.get("train", {}))
+    run = {"seed": seed, "out": str(out), "device": device, "best_metric": spec["metric"], "resume": resume}
+    return load_config(settings.get("base", spec.get("base")), {**overrides, **run})
 
 
 def final_metric(run_dir: Path, metric: str) -> float:
@@ -129,14 +126,15 @@ def run_experiment(name: str, seeds: int = 3, seed: int = 0, out: str | Path | N
     results = {"experiment": spec["experiment"], "metric": spec["metric"], "higher_is_better": True,
                "seeds": list(range(seed, seed + seeds)), "variants": variants}
     write_json(out / "results.json", results)
-    text = markdown_report(spec, results)
+    variant_table, claim_table = variant_rows(spec, results), claim_rows(spec, results)
+    text = markdown_report(spec, results, variant_table, claim_table)
     (out / "report.md").write_text(text + "\n")
-    report.experiment_report(out, f"seglab experiment {spec['experiment']}", spec.get("paper", ""),
-                             variant_rows(spec, results), claim_rows(spec, results))
+    report.experiment_report(out, f"seglab experiment {spec['experiment']}", spec.get("paper", ""), variant_table,
+                             claim_table)
     return text + f"\nwrote {out}/results.json, report.md, report.html"
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float]) -> str:
     """"m ± s" in points (the metrics are fractions), s the sample standard deviation ("m" for one value)."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
@@ -155,7 +153,7 @@ def variant_rows(spec: dict, results: dict) -> list[list[str]]:
         measured = results["variants"][variant]
         paper = spec["variants"][variant].get("paper")
         seconds = sum(measured["seconds"]) / len(measured["seconds"])
-        rows.append([variant, "—" if paper is None else f"{paper:g}", _mean_std(measured["values"]),
+        rows.append([variant, "—" if paper is None else f"{paper:g}", mean_std(measured["values"]),
                      f"{seconds:.0f}"])
     return rows
 
@@ -174,14 +172,14 @@ def claim_rows(spec: dict, results: dict) -> list[list[str]]:
     return rows
 
 
-def markdown_report(spec: dict, results: dict) -> str:
-    """The two Markdown tables: variants, then the paper's claims."""
+def markdown_report(spec: dict, results: dict, variant_table: list[list[str]], claim_table: list[list[str]]) -> str:
+    """The two Markdown tables (:func:`variant_rows`, :func:`claim_rows`): variants, then the paper's claims."""
     metric, seeds = spec["metric"], len(results["seeds"])
     lines = [f"## {spec['experiment']}: {metric}, {seeds} seed{'s' * (seeds > 1)}", "",
              f"paper: {spec.get('paper', '—')}", "",
              f"| variant | paper | seglab ({metric}, mean ± std over seeds) | seconds per run |",
              "|---|---:|---:|---:|"]
-    lines += [f"| {' | '.join(row)} |" for row in variant_rows(spec, results)]
+    lines += [f"| {' | '.join(row)} |" for row in variant_table]
     lines += ["", "| the paper's direction | holds here | in seeds | Welch p |", "|---|---|---:|---:|"]
-    lines += [f"| {' | '.join(row)} |" for row in claim_rows(spec, results)]
+    lines += [f"| {' | '.join(row)} |" for row in claim_table]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair  # torchvision's size pair
 
-from .roi import align_gather, as_rois, roi_align
+from .roi import align_gather, as_rois, roi_align, round_half_away
 
 __all__ = ["ps_roi_align", "ps_roi_pool", "PSRoIAlign"]
 
@@ -76,7 +76,8 @@ def ps_roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatia
     corners = [y[:, :, None] * (width + 1) + x[:, None, :] for y in (row_end, rows) for x in (col_end, cols)]
     index = torch.stack(corners, -1) + base[..., None]  # (K, ph, pw, 4): the sum's four corners
     area = ((row_end - rows)[:, :, None] * (col_end - cols)[:, None, :]).to(accumulate)  # 0 where a bin is empty
-    weights = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=accumulate, device=input.device) / area.clamp(min=1)[..., None]
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=accumulate, device=input.device)
+    weights = signs / area.clamp(min=1)[..., None]
     out = _CornerSum.apply(table, index.reshape(-1, 4), weights.reshape(-1, 4))
     return out.view(len(rois), *pooled, channels // cells).permute(0, 3, 1, 2).to(input.dtype)
 
@@ -116,9 +117,8 @@ def _grids(input: Tensor, output_size, group_size) -> tuple[tuple[int, int], tup
 def _pool_spans(start: Tensor, end: Tensor, pooled: int, spatial_scale: float, length: int) -> tuple[Tensor, Tensor]:
     """PSROIPooling's bins along one axis of (K,) box coordinates in pixels: first and one-past-last map
     index (K, pooled), clipped to [0, length], in the input's float arithmetic (the reference's DType)."""
-    rounded = lambda v: v.sign() * (v.abs() + 0.5).floor()  # C's round(): half away from zero
-    first = rounded(start) * spatial_scale
-    size = ((rounded(end) + 1) * spatial_scale - first).clamp(min=0.1) / pooled
+    first = round_half_away(start) * spatial_scale
+    size = ((round_half_away(end) + 1) * spatial_scale - first).clamp(min=0.1) / pooled
     index = torch.arange(pooled, device=start.device, dtype=start.dtype)
     low = (index[None] * size[:, None] + first[:, None]).floor()
     high = ((index[None] + 1) * size[:, None] + first[:, None]).ceil()

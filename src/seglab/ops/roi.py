@@ -238,12 +238,17 @@ def roi_pool(input: Tensor, boxes: Tensor | list[Tensor], output_size, spatial_s
     return _pool(input, rois, (pooled_h, pooled_w), spatial_scale)
 
 
+def round_half_away(values: Tensor) -> Tensor:
+    """C's ``std::round``: to the nearest integer, halves away from zero (``torch.round`` goes to even)."""
+    return values.sign() * torch.floor(values.abs() + 0.5)
+
+
 def _pool(input: Tensor, rois: Tensor, pooled: tuple[int, int], spatial_scale: float) -> Tensor:
     """:func:`roi_pool` of (K, 5) ``rois``."""
     pooled_h, pooled_w = pooled
     height, width = input.shape[2:]
     scaled = rois[:, 1:] * spatial_scale
-    corner = (scaled.sign() * torch.floor(scaled.abs() + 0.5)).long()  # std::round
+    corner = round_half_away(scaled).long()
     start_x, start_y, end_x, end_y = corner.unbind(1)
     roi_w = (end_x - start_x + 1).clamp_min(1)
     roi_h = (end_y - start_y + 1).clamp_min(1)

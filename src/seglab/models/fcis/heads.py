@@ -219,8 +219,8 @@ class FCISRoIHeads(nn.Module):
         label = label + 1
         keep = remove_small_boxes(boxes[candidate], min_size=1e-2)
         candidate, label = candidate[keep], label[keep]
-        keep = batched_nms(boxes[candidate], scores[candidate, label], label, self.nms_thresh)
-        candidate, label = candidate[keep[:self.detections_per_img]], label[keep[:self.detections_per_img]]
+        keep = batched_nms(boxes[candidate], scores[candidate, label], label, self.nms_thresh)[:self.detections_per_img]
+        candidate, label = candidate[keep], label[keep]
         masks, voted_boxes, kept = mask_voting(boxes[candidate], label, boxes, scores, mask_logits.sigmoid(),
                                                image_size, self.vote_iou_thresh, self.binary_thresh, self.voting)
         return {"boxes": voted_boxes, "labels": label[kept], "scores": scores[candidate[kept], label[kept]],

@@ -44,13 +44,13 @@ def mask_voting(boxes: Tensor, labels: Tensor, pool_boxes: Tensor, pool_scores: 
             masks = (pool_masks[voters, top[voters]] >= binary_thresh).to(pool_masks.dtype)
         canvas = (paste_masks_in_image(masks[:, None], pool_boxes[voters], image_size)[:, 0]
                   * weights[detection, voters, None, None]).sum(0)
-        rows, cols = torch.where(canvas >= binary_thresh)
+        voted = canvas >= binary_thresh
+        rows, cols = torch.where(voted)
         if len(rows) == 0:
             continue
         y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        inside = (canvas[y0:y1, x0:x1] >= binary_thresh).to(pool_masks.dtype)
-        voted_masks.append(F.interpolate(inside[None, None], size=(m, m), mode="bilinear",
-                                                           align_corners=False)[0, 0])
+        inside = voted[y0:y1, x0:x1].to(pool_masks.dtype)[None, None]
+        voted_masks.append(F.interpolate(inside, size=(m, m), mode="bilinear", align_corners=False)[0, 0])
         voted_boxes.append(torch.stack([x0, y0, x1, y1]).to(boxes.dtype))
         kept.append(detection)
     if not kept:
