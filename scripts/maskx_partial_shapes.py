@@ -40,7 +40,12 @@ COLUMNS = [("mask AP, set B (no masks in training)", "B", "segm_AP"), ("mask AP5
 
 
 def run(model: str, options: dict, seed: int, out: Path, args) -> dict:
-    """Train one model with one seed into ``out``, score it on the val set: {"B", "A": summaries, "iou": {A, B}}."""
+    """Train one model with one seed into ``out``, score it on the val set: {"B", "A": summaries, "iou": {A, B}}.
+
+    A run whose scores are already in ``out`` is reused, so an interrupted experiment continues where it stopped."""
+    scores = out / "partial_supervision.json"
+    if scores.is_file():
+        return json.loads(scores.read_text())
     config = load_config(CONFIG, {"model": model, "model_options": options, "mask_classes": SET_A, "seed": seed,
                                   "iters": args.iters, "num_train": args.num_train, "out": str(out),
                                   "val_split": ""})
@@ -52,7 +57,7 @@ def run(model: str, options: dict, seed: int, out: Path, args) -> dict:
     result = {group: instance.summary(instance.evaluate(trained, val_set, labels=labels[group])[0]) for group in "BA"}
     result["iou"] = {group: instance.mask_iou_on_true_boxes(trained, val_set, group_labels)
                      for group, group_labels in labels.items()}
-    (out / "partial_supervision.json").write_text(json.dumps(result, indent=2))
+    scores.write_text(json.dumps(result, indent=2))
     return result
 
 

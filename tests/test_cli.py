@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from seglab import models as seglab_models
 from seglab.data import Shapes
+from seglab.engine.inference import predict_labels
+from seglab.metrics import BoundaryBandMetrics
 from seglab.engine.config import TrainConfig
 from seglab.engine.train import train
 from seglab.models import options
@@ -37,6 +40,17 @@ def test_train_eval_predict_end_to_end(tmp_path):
     assert set(metrics["iou"]) == set(Shapes.classes if hasattr(Shapes, "classes") else metrics["iou"])
     assert "miou" in result.stdout.lower() or "mean" in result.stdout.lower()
     assert (tmp_path / "eval" / "overlays.png").is_file()
+
+    result = seglab("eval", "--checkpoint", run, "--boundary-band", 2, "--out", tmp_path / "band")
+    band = json.loads((tmp_path / "band" / "metrics.json").read_text())["boundary_band"]
+    model = seglab_models.load(run)  # the checkpoint eval picks for a run directory
+    metrics = BoundaryBandMetrics(model.meta["num_classes"], 2)
+    for image, target in Shapes("val", 4, image_size=64):
+        metrics.update(predict_labels(model, image[None], model.meta["mean"], model.meta["std"]), target["mask"][None])
+    expected = metrics.compute()
+    assert band["width"] == 2 and band["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert band["pixel_acc"] == pytest.approx(expected["pixel_acc"], abs=1e-9)
+    assert "boundary band (±2 px" in result.stdout
 
     image, _ = Shapes("test", 2, image_size=50)[1]
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "scene.jpg")

@@ -78,7 +78,7 @@ def _key_values(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--model-option / --data-option expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"--model-option / --data-option / --override expects KEY=VALUE, got {item!r}")
         options[key] = yaml.safe_load(value)
     return options
 
@@ -158,8 +158,8 @@ def cmd_eval(args) -> None:
     from .engine.evaluate import evaluate_checkpoint
 
     source = _load_model(args) if args.model else args.checkpoint  # a model built here has used its options
-    print(evaluate_checkpoint(source, args.out, inference={"batch_size": args.batch_size, **_inference_options(args)},
-                              compile=args.compile, **_setup_options(args)))
+    inference = {"batch_size": args.batch_size, "boundary_band": args.boundary_band, **_inference_options(args)}
+    print(evaluate_checkpoint(source, args.out, inference=inference, compile=args.compile, **_setup_options(args)))
 
 
 def cmd_crf_tune(args) -> None:
@@ -211,7 +211,8 @@ def cmd_experiment(args) -> None:
     names = list_experiments() if args.name == "all" else [args.name]
     for name in names:
         out = None if args.out is None else (Path(args.out) / name if args.name == "all" else args.out)
-        print(run_experiment(name, seeds=args.seeds, seed=args.seed, out=out, device=args.device))
+        print(run_experiment(name, seeds=args.seeds, seed=args.seed, out=out, device=args.device,
+                             overrides=_key_values(args.override or [])))
 
 
 def cmd_export(args) -> None:
@@ -387,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int,
                           help="semantic models: images per forward pass (default: 8)")
     evaluate.add_argument("--out", help="output directory (default: RUN_DIR/eval; needed with --model)")
+    evaluate.add_argument("--boundary-band", type=int, metavar="W",
+                          help="semantic models: also score only the pixels within W pixels of a ground-truth "
+                               "boundary (or void pixel): DeepLab's trimap evaluation")
     _add_inference_flags(evaluate)
     _add_compile_flag(evaluate)
     evaluate.set_defaults(func=cmd_eval)
@@ -468,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
     experiment.add_argument("--out", help="output directory (default: runs/experiments/NAME)")
     experiment.add_argument("--device", help="device of every run (default: each config's)")
+    experiment.add_argument("--override", action="append", metavar="KEY=VALUE",
+                            help="a seglab train option set in every run, value parsed as YAML, e.g. iters=2 for a "
+                                 "smoke run (then give another --out); repeatable")
     experiment.set_defaults(func=cmd_experiment)
 
     export_cmd = commands.add_parser("export", help="export a model to ONNX (checked in onnxruntime against PyTorch) "

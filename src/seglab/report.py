@@ -131,13 +131,15 @@ def instance_report(out_dir: str | Path, metrics: dict, classes: Sequence[str], 
     return _render(out_dir, _title("instance", config, run_dir), sections, gallery, config)
 
 
-def experiment_report(out_dir: str | Path, title: str, paper: str, variants: Sequence[Sequence[str]],
-                      claims: Sequence[Sequence[str]]) -> Path:
-    """``out_dir/report.html`` of ``seglab experiment``: the variants' table (name, paper, seglab's mean ± std,
-    seconds) and the paper's claims (holds, in how many seeds, Welch p)."""
+def experiment_report(out_dir: str | Path, title: str, paper: str, columns: Sequence[str],
+                      variants: Sequence[Sequence[str]], claims: Sequence[Sequence[str]], figure: str) -> Path:
+    """``out_dir/report.html`` of ``seglab experiment``: the variants' table (``columns``: name, paper, seglab's
+    mean ± std, …, seconds), the figure ``out_dir/figure`` and the paper's claims (holds, in how many seeds,
+    Welch p)."""
     sections = [{"heading": "Variants", "note": f"paper: {paper}" if paper else "",
-                 "tables": [{"columns": ["variant", "paper", "seglab (mean ± std over seeds)", "seconds per run"],
-                             "rows": variants}], "figures": []},
+                 "tables": [{"columns": list(columns), "rows": variants}],
+                 "figures": [("the metric per variant: one dot per seed, the bar their mean",
+                              png_uri(lambda file: file.write((Path(out_dir) / figure).read_bytes())))]},
                 {"heading": "The paper's direction", "note": "each variant against the one before it",
                  "tables": [{"columns": ["claim", "holds here", "in seeds", "Welch p"], "rows": claims}],
                  "figures": []}]

@@ -211,6 +211,29 @@ def plot_per_class_iou(iou: list[float], class_names: list[str], out_png) -> Non
     fig.savefig(out_png, dpi=100, format="png")
 
 
+def plot_experiment(values: dict[str, list[float]], metric: str, title: str, out_png) -> None:
+    """Write a PNG of an experiment's ``metric`` per variant (``{variant: [one value per seed]}``, fractions,
+    shown in points): one dot per seed, the mean as a bar across them with ± one standard deviation, the
+    variants left to right in the given order, the axis fitted to the values (differences of a point show),
+    to ``out_png`` (a path or a binary file)."""
+    fig = _agg_figure(1.8 + 1.1 * len(values), 3.6)
+    ax = fig.subplots()
+    for x, seeds in enumerate(values.values()):
+        points = 100 * np.asarray(seeds, dtype=np.float64)
+        finite = points[np.isfinite(points)]
+        if not finite.size:
+            continue
+        mean, std = finite.mean(), finite.std(ddof=1) if finite.size > 1 else 0.0
+        ax.errorbar(x, mean, yerr=std, fmt="_", markersize=28, color="tab:orange", capsize=6, zorder=2)
+        ax.scatter(np.full(finite.size, x) + np.linspace(-0.1, 0.1, finite.size), finite, color="tab:blue",
+                   s=18, zorder=3)
+        ax.annotate(f"{mean:.1f}", (x, mean), xytext=(18, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set(xticks=range(len(values)), xlim=(-0.6, len(values) - 0.2), ylabel=f"{metric} (points)", title=title)
+    ax.set_xticklabels(list(values), rotation=20 if len(values) > 4 else 0)
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(out_png, dpi=100, format="png")
+
+
 def plot_confusion(confusion, class_names: list[str], out_png) -> None:
     """Write a heat map PNG of a (C, C) confusion matrix (rows = target, columns = prediction) with each
     row normalised to sum 1 (rows without pixels stay 0), the fractions printed in the cells for up to

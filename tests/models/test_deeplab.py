@@ -129,3 +129,32 @@ def test_deeplabv1_head_is_dilated_and_logits_align_corners():
     assert scores.shape[-2:] == (9, 6)  # ceil((H - 1) / 8) + 1
     torch.testing.assert_close(out[..., 0, 0], scores[..., 0, 0])  # corner logits are the scores themselves
     torch.testing.assert_close(out[..., 64, 0], scores[..., 8, 0])
+
+
+def test_deeplabv2_vgg16_parameters_are_four_largefov_branches_on_the_same_backbone():
+    """DeepLab v2's ASPP on VGG-16: per rate one fc6 (3×3, 1024) → fc7 (1×1, 1024) → fc8 (1×1, classes) branch."""
+    branch = 9 * 512 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 21 + 21
+    largefov = models.count_parameters("deeplabv1_vgg16", 21)
+    for rates in ((6, 12, 18, 24), ASPP_S):
+        assert models.count_parameters("deeplabv2_vgg16", 21, aspp_rates=rates) == largefov + 3 * branch
+
+
+def test_deeplabv2_vgg16_sums_dilated_branches_read_from_pool5():
+    """Each branch recomputed in float64 with plain convolutions at its own rate; the head's output is their sum
+    (no pool5a average pool, unlike DeepLab-LargeFOV)."""
+    torch.manual_seed(0)
+    model = models.create("deeplabv2_vgg16", 3, aspp_rates=ASPP_S, width_mult=0.0625, dropout=0.0).eval().double()
+    assert [b.fc6[0].dilation[0] for b in model.classifier.branches] == list(ASPP_S)
+    x = torch.randn(1, 3, 97, 81, dtype=torch.float64)
+    seen = {}
+    model.classifier.register_forward_hook(lambda m, i, o: seen.update(features=i[0], scores=o))
+    with torch.no_grad():
+        model(x)
+        features, expected = seen["features"], 0
+        for rate, branch in zip(ASPP_S, model.classifier.branches):
+            fc6, fc7, fc8 = branch.fc6[0], branch.fc7[0], branch.fc8
+            h = torch.relu(torch.nn.functional.conv2d(features, fc6.weight, fc6.bias, padding=rate, dilation=rate))
+            h = torch.relu(torch.nn.functional.conv2d(h, fc7.weight, fc7.bias))
+            expected = expected + torch.nn.functional.conv2d(h, fc8.weight, fc8.bias)
+    torch.testing.assert_close(seen["scores"], expected)
+    assert features.shape[-2:] == (13, 11)  # output stride 8

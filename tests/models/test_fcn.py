@@ -151,3 +151,27 @@ def test_fcn_gradients_reach_every_trainable_parameter():
 def test_registry_rejects_unknown_model_with_known_names():
     with pytest.raises(ValueError, match="fcn8s_vgg16"):
         models.create("fcn9s_vgg16", num_classes=3)
+
+
+def test_staged_training_loads_fcn32s_into_fcn16s_and_keeps_the_new_layers(tmp_path):
+    """FCN's staged training (§4.2): FCN-16s starts from FCN-32s' weights, its new pool4 scores at their zero init;
+    weights that do not fit (a key the model lacks, another shape) are refused, naming the file and the key."""
+    from seglab.io import save_checkpoint
+    from seglab.models.base import load_part
+
+    torch.manual_seed(0)
+    coarse = models.create("fcn32s_vgg16", 3, width_mult=0.0625)
+    for parameter in coarse.parameters():
+        torch.nn.init.normal_(parameter)
+    save_checkpoint({"model": coarse.state_dict()}, tmp_path / "fcn32s.pt")
+    finer = models.create("fcn16s_vgg16", 3, width_mult=0.0625)
+    upscore2 = finer.upscore2.weight.clone()
+    assert load_part(finer, tmp_path / "fcn32s.pt") == len(coarse.state_dict())
+    for key, value in coarse.state_dict().items():
+        torch.testing.assert_close(finer.state_dict()[key], value, rtol=0, atol=0)
+    assert finer.score_pool4.weight.abs().sum() == 0 and torch.equal(finer.upscore2.weight, upscore2)
+    with pytest.raises(ValueError, match="fcn16s.pt.*score_pool4.weight is not in the model"):
+        save_checkpoint({"model": finer.state_dict()}, tmp_path / "fcn16s.pt")
+        load_part(models.create("fcn32s_vgg16", 3, width_mult=0.0625), tmp_path / "fcn16s.pt")
+    with pytest.raises(ValueError, match="fcn32s.pt does not fit the model: .* has shape"):
+        load_part(models.create("fcn16s_vgg16", 3, width_mult=0.125), tmp_path / "fcn32s.pt")

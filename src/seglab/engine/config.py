@@ -73,6 +73,9 @@ class TrainConfig:
     weights: str | None = option(None, "start from these weights: torchvision's trained model by name (DEFAULT; "
                                        "another --num-classes re-initialises the classifiers) or a seglab "
                                        "checkpoint / state dict file")
+    init_from: str | None = option(None, "start from a seglab checkpoint (or state dict) whose weights are a part of "
+                                         "this model's, e.g. FCN-16s from a trained FCN-32s (FCN's staged training); "
+                                         "the other weights keep their initialisation")
     frozen_bn: bool = option(False, "replace BatchNorm by FrozenBatchNorm2d (fixed statistics and affine; logged)")
     mask_classes: list[str] | None = option(None, "instance models: the classes with mask supervision (set A); the "
                                                   "others train boxes only")

@@ -8,10 +8,27 @@ An experiment is a YAML file (``configs/experiments/NAME.yaml``)::
     metric: segm_AP                       # a validation metric of the task, higher is better
     base: configs/maskrcnn_resnet18_fpn_shapes.yaml   # a variant may name its own
     train: {iters: 300}                   # overrides every variant shares
-    order: [roipool, roialign]            # the paper's direction: each variant better than the one before
+    order: [roipool, roialign]            # the table's order, and by default the paper's direction: each
+                                          # variant better than the one before (else claims: [[worse, better]])
     variants:
       roipool: {paper: 26.9, train: {model_options: {roi_pool_type: pool}}}
       roialign: {paper: 30.2}
+
+A variant may also
+
+- ``init_from: VARIANT``: start from that variant's final weights of the same seed (staged training, e.g.
+  FCN-16s from FCN-32s; ``init_from`` in ``seglab train``), after that run has finished;
+- ``from: VARIANT``: train nothing and evaluate that variant's run of the same seed (an evaluation-time
+  ablation: the CRF, another output stride);
+- ``eval: {...}``: score its final weights (``last.pt``) by an evaluation of its own (:data:`EVAL_KEYS`):
+  ``model_options`` (e.g. ``{output_stride: 8}``), ``held_out: F`` (the first fraction F of the validation
+  images is held out: the CRF is tuned on them and the metric measured on the rest), ``crf`` (``dense_crf`` keywords, a
+  ``preset``, and ``tune: {keyword: [values]}`` to grid-search those on the held-out images), ``labels``
+  (instance models: score these classes only) and ``boundary_band: W`` (also ``band_miou`` and
+  ``band_pixel_acc``: DeepLab's trimap, ``metrics.boundary``). Without ``eval`` the metric is the run's
+  last validation.
+
+``also: [metric, ...]`` names further metrics reported beside ``metric`` (no claims are tested on them).
 
 Runs go to ``OUT/VARIANT/seed_S``; a finished run leaves ``result.json`` there and is reused, so an
 interrupted suite continues where it stopped (an unfinished run resumes from its ``last.pt``).
@@ -25,14 +42,21 @@ from pathlib import Path
 
 from scipy import stats
 
-from .. import report
+from torch.utils.data import Subset
+
+from .. import report, viz
+from ..crf import PRESETS
 from ..io import write_json
 from .config import load_config, merge_settings, read_yaml_mapping
+from .crf_tune import tune_crf
+from .evaluate import evaluation_setup
+from .tasks import task_module
 from .train import train
 
 EXPERIMENTS = Path("configs/experiments")  # where names are looked up, from the current directory
-KEYS = {"experiment", "paper", "metric", "base", "train", "order", "variants"}
-VARIANT_KEYS = {"paper", "train", "base"}  # a variant's own base config replaces the experiment's
+KEYS = {"experiment", "paper", "metric", "also", "base", "train", "order", "claims", "variants"}
+VARIANT_KEYS = {"paper", "train", "base", "init_from", "from", "eval"}  # a variant's own base replaces the experiment's
+EVAL_KEYS = {"model_options", "held_out", "crf", "labels", "boundary_band"}
 
 
 def experiment_path(name: str) -> Path:
@@ -67,21 +91,41 @@ def load_experiment(path: Path) -> dict:
         if name != name.lower() or not isinstance(variant or {}, dict) or set(variant or {}) - VARIANT_KEYS:
             raise ValueError(f"{path}: variant {name!r} must be a lower-case name mapping to "
                              f"{'/'.join(sorted(VARIANT_KEYS))}, got {variant!r}")
-        if "base" not in spec and "base" not in (variant or {}):
+        variant = variant or {}
+        if "base" not in spec and "base" not in variant and "from" not in variant:
             raise ValueError(f"{path}: base is missing (for variant {name!r})")
+        for key in ("init_from", "from"):
+            if key in variant and variant[key] not in variants:
+                raise ValueError(f"{path}: variant {name!r}: {key} {variant[key]!r} is not a variant")
+        if "from" in variant and set(variant) & {"train", "base", "init_from"}:
+            raise ValueError(f"{path}: variant {name!r} evaluates {variant['from']!r}'s run: it trains nothing, "
+                             f"so it takes no train, base or init_from")
+        unknown = sorted(set(variant.get("eval") or {}) - EVAL_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: variant {name!r}: unknown eval keys {unknown}; known: {sorted(EVAL_KEYS)}")
     order = spec.get("order", list(variants))
     if sorted(order) != sorted(variants):
         raise ValueError(f"{path}: order must list the variants {sorted(variants)}, got {order}")
-    return {**spec, "order": order, "variants": {name: variant or {} for name, variant in variants.items()}}
+    claims = spec.get("claims", list(zip(order, order[1:])))
+    for claim in claims:
+        if not (isinstance(claim, (list, tuple)) and len(claim) == 2 and set(claim) <= set(variants)):
+            raise ValueError(f"{path}: a claim is a pair [worse, better] of variants, got {claim!r}")
+    return {**spec, "order": order, "claims": [tuple(claim) for claim in claims],
+            "variants": {name: variant or {} for name, variant in variants.items()}}
 
 
-def run_config(spec: dict, variant: str, seed: int, out: Path, device: str | None, resume: bool = False):
+def run_config(spec: dict, variant: str, seed: int, out: Path, device: str | None, resume: bool = False,
+               overrides: dict | None = None):
     """The TrainConfig of one run: the (variant's, else the experiment's) base file ← the shared ``train`` ← the
-    variant's, then seed, out, device, resume (``model_options`` and ``data_options`` merge key by key)."""
+    variant's ← ``overrides`` (``seglab experiment --override``), then seed, out, device, resume, and
+    ``init_from`` the final weights of the variant it starts from (``model_options`` and ``data_options`` merge
+    key by key)."""
     settings = spec["variants"][variant]
-    overrides = merge_settings(spec.get("train", {}), settings.get("train", {}))
-    run = {"seed": seed, "out": str(out), "device": device, "best_metric": spec["metric"], "resume": resume}
-    return load_config(settings.get("base", spec.get("base")), {**overrides, **run})
+    merged = merge_settings(merge_settings(spec.get("train", {}), settings.get("train", {})), overrides or {})
+    run = {"seed": seed, "out": str(out), "device": device, "resume": resume}
+    if "init_from" in settings:
+        run["init_from"] = str(out.parent.parent / settings["init_from"] / f"seed_{seed}" / "last.pt")
+    return load_config(settings.get("base", spec.get("base")), {**merged, **run})
 
 
 def final_metric(run_dir: Path, metric: str) -> float:
@@ -93,45 +137,114 @@ def final_metric(run_dir: Path, metric: str) -> float:
     return math.nan if values[-1] is None else float(values[-1])
 
 
-def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None) -> dict:
-    """Train and evaluate one (variant, seed), or reuse its ``result.json``: {"value", "seconds"}."""
+def crf_settings(crf: dict, model, held_out, progress: bool = True) -> dict:
+    """``dense_crf`` keywords of an experiment's ``eval.crf``: a ``preset`` (default "default") ← its keywords ←,
+    with ``tune``, the best point of that grid on the ``held_out`` images (``crf_tune.tune_crf``)."""
+    crf = dict(crf)
+    grid = crf.pop("tune", None)
+    settings = {**PRESETS[crf.pop("preset", "default")], **crf}
+    if grid:
+        if held_out is None:
+            raise ValueError("eval.crf.tune needs eval.held_out: the images the CRF is tuned on")
+        fixed = {key: value for key, value in settings.items() if key not in grid and key != "iterations"}
+        meta = model.meta
+        _, ranked = tune_crf(model, held_out, meta["num_classes"], meta["mean"], meta["std"], grid, fixed,
+                             int(settings.get("iterations", 10)), progress=progress)
+        settings.update(ranked[0][0])
+    return settings
+
+
+def evaluate_run(run_dir: Path, options: dict, device: str | None, out: Path) -> dict[str, float]:
+    """The summary metrics of ``run_dir``'s final weights (``last.pt``) under an experiment's ``eval`` options
+    (:data:`EVAL_KEYS`); the CRF setting used, if any, is kept in ``out/crf.json``."""
+    _, model, dataset, _ = evaluation_setup(run_dir / "last.pt", device=device or "auto",
+                                            model_options=options.get("model_options"))
+    fraction, held_out = options.get("held_out"), None
+    if fraction is not None:
+        held = round(fraction * len(dataset))
+        if not 0 < held < len(dataset):
+            raise ValueError(f"eval.held_out {fraction}: must hold out a part of the {len(dataset)} validation "
+                             f"images, not {held}")
+        held_out, dataset = Subset(dataset, range(held)), Subset(dataset, range(held, len(dataset)))
+    task = task_module(model.meta)
+    inference = {}
+    if "crf" in options:
+        inference["crf"] = crf_settings(options["crf"], model, held_out)
+        write_json(out / "crf.json", inference["crf"])
+    if "boundary_band" in options:
+        inference["boundary_band"] = options["boundary_band"]
+    if "labels" in options:
+        inference["labels"] = [model.meta["classes"].index(name) for name in options["labels"]]
+    result, _ = task.evaluate(model, dataset, model.meta, **inference)
+    return task.summary(result)
+
+
+def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
+            overrides: dict | None = None) -> dict:
+    """Train and evaluate one (variant, seed), or reuse its ``result.json``: {"value", "seconds", "also"}.
+
+    The variant it starts from (``init_from``) or evaluates (``from``) runs first; ``seconds`` counts this
+    variant's own training and evaluation."""
     run_dir = out / variant / f"seed_{seed}"
     done = run_dir / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    config = run_config(spec, variant, seed, run_dir, device, resume=(run_dir / "last.pt").is_file())
+    settings = spec["variants"][variant]
+    source = settings.get("from") or settings.get("init_from")
+    if source:
+        run_one(spec, source, seed, out, device, overrides)
     started = time.perf_counter()
-    train(config)
-    result = {"value": final_metric(run_dir, spec["metric"]), "seconds": round(time.perf_counter() - started, 1)}
+    trained = out / settings["from"] / f"seed_{seed}" if "from" in settings else run_dir
+    if "from" not in settings:
+        train(run_config(spec, variant, seed, run_dir, device, resume=(run_dir / "last.pt").is_file(),
+                         overrides=overrides))
+    wanted = [spec["metric"], *spec.get("also", [])]
+    if "eval" in settings:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        measured = evaluate_run(trained, settings["eval"], device, run_dir)
+        missing = [name for name in wanted if name not in measured]
+        if missing:
+            raise ValueError(f"variant {variant!r}: the evaluation gives no {missing}; it gives {sorted(measured)}")
+        values = {name: float(measured[name]) for name in wanted}
+    else:
+        values = {name: final_metric(trained, name) for name in wanted}
+    result = {"value": values[spec["metric"]], "seconds": round(time.perf_counter() - started, 1),
+              "also": {name: values[name] for name in wanted[1:]}}
     write_json(done, result)
     return result
 
 
 def run_experiment(name: str, seeds: int = 3, seed: int = 0, out: str | Path | None = None,
-                   device: str | None = None) -> str:
+                   device: str | None = None, overrides: dict | None = None) -> str:
     """``seglab experiment NAME``: every variant for seeds ``seed`` … ``seed + seeds − 1`` (a seed's variants
-    one after another, so a stopped suite has compared as many seeds as it finished); writes
-    ``OUT/results.json``, ``OUT/report.md`` and ``OUT/report.html`` (default OUT: runs/experiments/NAME) and
+    one after another, so a stopped suite has compared as many seeds as it finished), each run's training
+    config with ``overrides`` on top (e.g. ``{"iters": 2}`` for a smoke run); writes ``OUT/results.json``,
+    ``OUT/report.md``, ``OUT/report.html`` and ``OUT/figure.png`` (default OUT: runs/experiments/NAME) and
     returns the Markdown report."""
     spec = load_experiment(experiment_path(name))
     if seeds < 1:
         raise ValueError(f"--seeds must be a positive integer, got {seeds}")
     out = Path(out or Path("runs/experiments") / spec["experiment"])
-    variants = {variant: {"values": [], "seconds": []} for variant in spec["order"]}
+    variants = {variant: {"values": [], "seconds": [], "also": {name: [] for name in spec.get("also", [])}}
+                for variant in spec["order"]}
     for current in range(seed, seed + seeds):
         for variant in spec["order"]:
-            result = run_one(spec, variant, current, out, device)
+            result = run_one(spec, variant, current, out, device, overrides)
             variants[variant]["values"].append(result["value"])
             variants[variant]["seconds"].append(result["seconds"])
+            for extra, values in variants[variant]["also"].items():
+                values.append(result["also"][extra])
     results = {"experiment": spec["experiment"], "metric": spec["metric"], "higher_is_better": True,
                "seeds": list(range(seed, seed + seeds)), "variants": variants}
     write_json(out / "results.json", results)
     variant_table, claim_table = variant_rows(spec, results), claim_rows(spec, results)
     text = markdown_report(spec, results, variant_table, claim_table)
     (out / "report.md").write_text(text + "\n")
-    report.experiment_report(out, f"seglab experiment {spec['experiment']}", spec.get("paper", ""), variant_table,
-                             claim_table)
-    return text + f"\nwrote {out}/results.json, report.md, report.html"
+    viz.plot_experiment({variant: variants[variant]["values"] for variant in spec["order"]}, spec["metric"],
+                        f"{spec['experiment']} ({len(results['seeds'])} seed{'s' * (len(results['seeds']) > 1)})", out / "figure.png")
+    report.experiment_report(out, f"seglab experiment {spec['experiment']}", spec.get("paper", ""),
+                             variant_columns(spec), variant_table, claim_table, "figure.png")
+    return text + f"\nwrote {out}/results.json, report.md, report.html, figure.png"
 
 
 def mean_std(values: list[float]) -> str:
@@ -146,23 +259,32 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
+def variant_columns(spec: dict) -> list[str]:
+    """The headings of :func:`variant_rows`."""
+    also = [f"{name} (mean ± std)" for name in spec.get("also", [])]
+    return ["variant", "paper", f"seglab ({spec['metric']}, mean ± std over seeds)", *also, "seconds per run"]
+
+
 def variant_rows(spec: dict, results: dict) -> list[list[str]]:
-    """Per variant: name, the paper's figure, seglab's mean ± std, seconds per run (mean)."""
+    """Per variant: name, the paper's figure, seglab's mean ± std (of the metric, then of each ``also``),
+    seconds per run (mean)."""
     rows = []
     for variant in spec["order"]:
         measured = results["variants"][variant]
         paper = spec["variants"][variant].get("paper")
         seconds = sum(measured["seconds"]) / len(measured["seconds"])
-        rows.append([variant, "—" if paper is None else f"{paper:g}", mean_std(measured["values"]),
+        also = [mean_std(measured["also"][name]) for name in spec.get("also", [])]
+        rows.append([variant, "—" if paper is None else f"{paper:g}", mean_std(measured["values"]), *also,
                      f"{seconds:.0f}"])
     return rows
 
 
 def claim_rows(spec: dict, results: dict) -> list[list[str]]:
-    """Per consecutive pair of ``order`` (a, b), the paper's claim b > a: does it hold on the means, in how
-    many seeds it holds, and Welch's t-test p-value (two-sided; n/a under two seeds a side)."""
+    """Per claim (a, b) (``claims``, default each consecutive pair of ``order``), the paper's b > a: does it hold
+    on the means, in how many seeds it holds, and Welch's t-test p-value (two-sided; n/a under two seeds a
+    side)."""
     rows = []
-    for worse, better in zip(spec["order"], spec["order"][1:]):
+    for worse, better in spec["claims"]:
         a, b = results["variants"][worse]["values"], results["variants"][better]["values"]
         wins = sum(y > x for x, y in zip(a, b))
         holds = sum(b) / len(b) > sum(a) / len(a)
@@ -175,10 +297,10 @@ def claim_rows(spec: dict, results: dict) -> list[list[str]]:
 def markdown_report(spec: dict, results: dict, variant_table: list[list[str]], claim_table: list[list[str]]) -> str:
     """The two Markdown tables (:func:`variant_rows`, :func:`claim_rows`): variants, then the paper's claims."""
     metric, seeds = spec["metric"], len(results["seeds"])
+    columns = variant_columns(spec)
     lines = [f"## {spec['experiment']}: {metric}, {seeds} seed{'s' * (seeds > 1)}", "",
-             f"paper: {spec.get('paper', '—')}", "",
-             f"| variant | paper | seglab ({metric}, mean ± std over seeds) | seconds per run |",
-             "|---|---:|---:|---:|"]
+             f"paper: {spec.get('paper', '—')}", "", f"| {' | '.join(columns)} |",
+             "|---|" + "---:|" * (len(columns) - 1)]
     lines += [f"| {' | '.join(row)} |" for row in variant_table]
     lines += ["", "| the paper's direction | holds here | in seeds | Welch p |", "|---|---|---:|---:|"]
     lines += [f"| {' | '.join(row)} |" for row in claim_table]

@@ -30,7 +30,7 @@ REPORT_FILES = ("metrics.json (COCO box and mask AP)", "overlays.png", "report.h
 PREDICTION_FILES = "drawings (<stem>_instances.png) and detections (<stem>.json)"
 MODEL_KEYS = ("boxes", "labels", "masks")  # what a detection model reads from a target
 SEMANTIC_ONLY = {"crop": None, "stride": None, "scales": (1.0,), "flip": False, "crf": None, "batch_size": None,
-                 "resize_short": None}
+                 "resize_short": None, "boundary_band": None}
 
 
 def _refuse_semantic_options(options: dict) -> None:

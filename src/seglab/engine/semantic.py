@@ -26,12 +26,14 @@ from ..data import cityscapes
 from ..data.transforms import IGNORE_INDEX
 from ..io import write_json
 from ..metrics import SegmentationMetrics, format_table
+from ..metrics.boundary import BoundaryBandMetrics
 from ..metrics.semantic import image_miou
 from . import distributed, inputs
 from .inference import Size, crf_refine, infer_logits, inference_context
 
 DEFAULT_METRIC = "miou"
 METRICS = tuple(report.SEMANTIC_METRICS)  # what summary() gives, the names --best-metric may take
+BAND_METRICS = ("miou", "pixel_acc")  # of a boundary band, in summary() as band_miou, band_pixel_acc
 REPORT_FILES = ("metrics.json", "per_class_iou.png", "overlays.png", "report.html")
 PREDICTION_FILES = "masks (<stem>.png) and overlays (<stem>_overlay.png)"
 FORMATS = ("palette", "cityscapes")
@@ -148,16 +150,19 @@ def _best_and_worst(ranked: list, count: int) -> list:
 def evaluate(model: nn.Module, dataset: Dataset, meta: dict, *, progress: bool = True, num_visuals: int = 8,
              batch_size: int | None = None, num_workers: int = 0, crop: Size | None = None,
              stride: Size | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
-             crf: dict | None = None):
+             crf: dict | None = None, boundary_band: int | None = None):
     """Metrics of ``model`` over ``dataset`` (items as uint8 images, no transforms applied); ``meta`` gives
     ``num_classes`` and the normalisation ``mean``/``std``. ``batch_size`` images per forward pass (default 8).
 
     ``crop``, ``stride``, ``scales`` and ``flip`` choose the inference mode (see ``infer_logits``);
     the default is whole-image inference. ``crf``: ``dense_crf`` keywords to refine each prediction.
+    ``boundary_band``: also score the pixels within this many pixels of a ground-truth boundary only
+    (DeepLab's trimap, ``metrics.boundary``).
 
     Returns ``(result, visuals)``: the ``SegmentationMetrics.compute()`` dict plus ``"confusion"`` (the
     (C, C) pixel counts as lists, rows = target) and, with ``crf``, ``"without_crf"``: the same for the
-    unrefined predictions; ``visuals``: tuples ``(image uint8 (3,H,W), target (H,W), prediction (H,W),
+    unrefined predictions, and with ``boundary_band`` W, ``"boundary_band"``: ``{"width": W}`` and the same
+    metrics over the band's pixels; ``visuals``: tuples ``(image uint8 (3,H,W), target (H,W), prediction (H,W),
     image mIoU)`` of the ``num_visuals // 2`` best and the other worst images by ``image_miou``, best first.
     Under torchrun each process evaluates its own shard (and keeps its own visuals) and the confusion
     matrices are summed over the processes.
@@ -165,6 +170,7 @@ def evaluate(model: nn.Module, dataset: Dataset, meta: dict, *, progress: bool =
     num_classes = meta["num_classes"]
     metrics = SegmentationMetrics(num_classes)
     plain = SegmentationMetrics(num_classes) if crf is not None else None
+    band = BoundaryBandMetrics(num_classes, boundary_band) if boundary_band is not None else None
     visuals = []
     shard = Subset(dataset, distributed.shard_indices(len(dataset)))
     loader = DataLoader(shard, batch_size=batch_size or 8, num_workers=num_workers, collate_fn=list)
@@ -180,6 +186,8 @@ def evaluate(model: nn.Module, dataset: Dataset, meta: dict, *, progress: bool =
                     logits = crf_refine(images, logits, crf)
                 preds = logits.argmax(1).cpu()
                 metrics.update(preds, targets)
+                if band is not None:
+                    band.update(preds, targets)
                 for image, target, pred in zip(images, targets, preds):
                     iou = image_miou(pred, target, num_classes)
                     if not math.isnan(iou):
@@ -188,6 +196,8 @@ def evaluate(model: nn.Module, dataset: Dataset, meta: dict, *, progress: bool =
     result = _with_confusion(metrics)
     if plain is not None:
         result["without_crf"] = _with_confusion(plain)
+    if band is not None:
+        result["boundary_band"] = {"width": boundary_band} | band.compute()
     return result, visuals
 
 
@@ -197,8 +207,11 @@ def _with_confusion(metrics: SegmentationMetrics) -> dict:
 
 
 def summary(result: dict) -> dict[str, float]:
-    """The scalar metrics of :func:`evaluate`'s result, for logs and ``best_metric``."""
-    return {key: result[key] for key in METRICS}
+    """The scalar metrics of :func:`evaluate`'s result, for logs and ``best_metric`` (and ``band_miou``,
+    ``band_pixel_acc`` when it scored a boundary band)."""
+    band = result.get("boundary_band")
+    extra = {f"band_{key}": band[key] for key in BAND_METRICS} if band else {}
+    return {key: result[key] for key in METRICS} | extra
 
 
 def pictures(visuals, meta: dict) -> list[list[Image.Image]]:
@@ -223,6 +236,9 @@ def write_report(result: dict, visuals, meta: dict, out_dir: str | Path, *, conf
         return {k: values[k] for k in report.SEMANTIC_METRICS} | {k: dict(zip(classes, values[k])) for k in per_class}
 
     extra = {"without_crf": scores(result["without_crf"])} if "without_crf" in result else {}
+    band = result.get("boundary_band")
+    if band:
+        extra["boundary_band"] = {"width": band["width"]} | scores(band)
     write_json(out / "metrics.json", scores(result) | extra)  # NaN (a class with no pixels) as null
     viz.plot_per_class_iou(result["iou"], classes, out / "per_class_iou.png")
     rows = pictures(visuals, meta)
@@ -231,8 +247,11 @@ def write_report(result: dict, visuals, meta: dict, out_dir: str | Path, *, conf
     ranked = [(f"mIoU {100 * iou:.1f}%", row) for row, (*_, iou) in zip(rows, visuals)]
     report.semantic_report(out, result, classes, ranked, config=config, run_dir=run_dir)
     table = format_table(result, classes)
-    if extra:
+    if "without_crf" in result:
         table += f"\nwithout the CRF: mIoU {100 * result['without_crf']['miou']:.2f}"
+    if band:
+        table += (f"\nboundary band (±{band['width']} px of the ground truth's boundaries): mIoU "
+                  f"{100 * band['miou']:.2f}, pixel accuracy {100 * band['pixel_acc']:.2f}")
     return table
 
 

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from .. import viz
 from ..io import json_text, safe_load, save_checkpoint
 from ..models import create, model_meta
-from ..models.base import check_device
+from ..models.base import check_device, load_part
 from . import distributed
 from .compiled import Compiled
 from .config import TrainConfig, save_config
@@ -91,6 +91,9 @@ class Trainer:
         self.best_metric = config.best_metric or self.task.DEFAULT_METRIC
         options = config.model_kwargs() | self.task.model_options(config, self.train_set.classes)
         self.model = create(config.model, self.num_classes, **options).to(self.device)
+        if config.init_from:
+            loaded = load_part(self.model, config.init_from)
+            self._say(f"seglab: {loaded} of {len(self.model.state_dict())} weight tensors from {config.init_from}")
         if config.sync_bn:
             if not (distributed.active() and self.device.type == "cuda"):
                 raise ValueError("sync_bn needs torchrun on CUDA devices (SyncBatchNorm reduces through NCCL)")

@@ -3,6 +3,7 @@ to the input size (torchvision's ``_SimpleSegmentationModel``), plus the helpers
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -56,6 +57,17 @@ def load_weights(model: nn.Module, path: str | None) -> nn.Module:
         state = safe_load(path)
         load_state(model, state.get("model", state), path)
     return model
+
+
+def load_part(model: nn.Module, path: str | Path) -> int:
+    """Load a seglab checkpoint (its ``"model"``) or a plain state dict from disk (weights_only) whose keys are a
+    subset of ``model``'s, with the same shapes: staged training (FCN-16s from FCN-32s). The model's other
+    weights keep their values. Returns the number of tensors loaded; a ValueError naming ``path`` and the key
+    when a tensor does not fit or the model lacks it."""
+    state = safe_load(path)
+    state = state.get("model", state)
+    load_state(model, state, path, missing_ok=set(model.state_dict()) - set(state))
+    return len(state)
 
 
 DEVICES = "auto, cpu, cuda, cuda:N, mps"  # what check_device accepts

@@ -35,11 +35,13 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 1, dilation:
 class LargeFOVHead(nn.Module):
     """DeepLab-LargeFOV's replacement of VGG's fc layers (arXiv:1412.7062 §5 "Field of View", Table 2): the
     prototxt's pool5a (3×3 average pool, stride 1, padding 1), fc6 3×3 with dilation 12 and 1024 channels, fc7 1×1
-    with 1024, ReLU and dropout after each, fc8 1×1 to classes. (N,C_in,h,w) → (N,num_classes,h,w)."""
+    with 1024, ReLU and dropout after each, fc8 1×1 to classes. (N,C_in,h,w) → (N,num_classes,h,w).
+    ``pool5a=False``: without the average pool (a branch of DeepLab v2's ASPP on VGG-16, :class:`VGGASPP`)."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 1024, rate: int = 12, dropout: float = 0.5):
+    def __init__(self, in_channels: int, num_classes: int, width: int = 1024, rate: int = 12, dropout: float = 0.5,
+                 pool5a: bool = True):
         super().__init__()
-        self.pool5a = nn.AvgPool2d(3, stride=1, padding=1)
+        self.pool5a = nn.AvgPool2d(3, stride=1, padding=1) if pool5a else nn.Identity()
         self.fc6 = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=rate, dilation=rate), nn.ReLU(inplace=True),
                                  nn.Dropout(dropout))
         self.fc7 = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Dropout(dropout))
@@ -64,6 +66,28 @@ class LargeFOVHead(nn.Module):
                                      f"head {tuple(layer.weight.shape)}: ImageNet weights need width_mult=1")
                 layer.weight.copy_(weight)
                 layer.bias.copy_(bias)
+
+
+class VGGASPP(nn.Module):
+    """DeepLab v2's ASPP on VGG-16 (arXiv:1606.00915 §3.3, Fig. 4(b), Table 3): one branch per rate, each
+    DeepLab-LargeFOV's fc6 (3×3 at that rate, 1024 channels), fc7 (1×1, 1024) and fc8 (1×1 to classes), with
+    ReLU and dropout after fc6 and fc7, read from pool5 (no pool5a); the branches' class scores are summed.
+    (N,C_in,h,w) → (N,num_classes,h,w)."""
+
+    def __init__(self, in_channels: int, num_classes: int, rates: Sequence[int], width: int = 1024,
+                 dropout: float = 0.5):
+        super().__init__()
+        self.branches = nn.ModuleList(LargeFOVHead(in_channels, num_classes, width, rate, dropout, pool5a=False)
+                                      for rate in rates)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(branch(x) for branch in self.branches)
+
+    def load_vgg16_fc(self, state: dict) -> None:
+        """Every branch's fc6/fc7 from VGG16's by decimation (:meth:`LargeFOVHead.load_vgg16_fc`; seglab's choice:
+        the paper does not say how its branches were initialised)."""
+        for branch in self.branches:
+            branch.load_vgg16_fc(state)
 
 
 VGG16_FC = 4096, 7  # VGG16's fc6/fc7 width and fc6's kernel (7×7 over pool5)
@@ -244,6 +268,22 @@ def deeplabv1_vgg16(num_classes: int, *, width_mult: float = 1.0, batch_norm: bo
     if frozen_bn:
         backbone = freeze_batch_norm(backbone)
     # Output pixel i sits on input pixel 8i (3×3 pools with padding), hence align_corners=True.
+    return load_weights(SegmentationModel(backbone, head, feature="pool5", align_corners=True), weights)
+
+
+@register("deeplabv2_vgg16", task="semantic", paper=_V2)
+def deeplabv2_vgg16(num_classes: int, *, aspp_rates: Sequence[int] = ASPP_L, width_mult: float = 1.0,
+                    batch_norm: bool = False, dropout: float = 0.5, weights: str | None = None,
+                    weights_backbone: str | None = None, frozen_bn: bool = False) -> SegmentationModel:
+    """DeepLab v2's ASPP on atrous VGG16 (output stride 8, :class:`VGGASPP`): ASPP-L (rates 6, 12, 18, 24) by
+    default, ``aspp_rates=(2, 4, 8, 12)`` for ASPP-S; DeepLab-LargeFOV is ``deeplabv1_vgg16``. ``weights_backbone``
+    as for ``deeplabv1_vgg16`` (each branch's fc6/fc7 from VGG16's by decimation)."""
+    backbone = deeplab_vgg16_backbone(width_mult=width_mult, batch_norm=batch_norm)
+    head = VGGASPP(backbone.channels["pool5"], num_classes, aspp_rates, scaled(1024, width_mult), dropout)
+    if weights_backbone is not None:
+        head.load_vgg16_fc(load_torchvision_weights(backbone, weights_backbone))
+    if frozen_bn:
+        backbone = freeze_batch_norm(backbone)
     return load_weights(SegmentationModel(backbone, head, feature="pool5", align_corners=True), weights)
 
 
