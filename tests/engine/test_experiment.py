@@ -72,13 +72,19 @@ def test_finished_runs_are_reused_and_only_missing_ones_trained(tmp_path, monkey
         (out / "fast" / "seed_1" / "metrics.jsonl").write_text('{"step": 2, "val/miou": 0.5}\n')
 
     (out / "slow" / "seed_1").mkdir(parents=True)
-    (out / "slow" / "seed_1" / "result.json").write_text('{"value": 0.25, "seconds": 1.0}')
+    settings = experiment_module.run_settings(load_experiment(path), "slow", 1, out)
+    (out / "slow" / "seed_1" / "result.json").write_text(json.dumps({"value": 0.25, "seconds": 1.0, "also": {},
+                                                                     "settings": settings}))
     (out / "fast" / "seed_1").mkdir(parents=True)
     (out / "fast" / "seed_1" / "last.pt").write_bytes(b"an interrupted run")
     monkeypatch.setattr(experiment_module, "train", fake_train)
     results = json.loads(run_experiment(str(path), seeds=1, seed=1, out=out) and (out / "results.json").read_text())
     assert trained == [(str(out / "fast" / "seed_1"), 1, True)]  # resumed from its last.pt
     assert results["variants"]["slow"]["values"] == [0.25] and results["variants"]["fast"]["values"] == [0.5]
+
+    changed = write_experiment(tmp_path, train={"iters": 3})  # a finished run is not reused under other settings
+    with pytest.raises(ValueError, match=r"slow/seed_1 holds a run of other settings \(training: iters;"):
+        run_experiment(str(changed), seeds=1, seed=1, out=out)
 
 
 def test_claims_count_seeds_and_take_welchs_t_test():

@@ -179,16 +179,40 @@ def evaluate_run(run_dir: Path, options: dict, device: str | None, out: Path) ->
     return task.summary(result)
 
 
+def run_settings(spec: dict, variant: str, seed: int, out: Path, overrides: dict | None = None) -> dict:
+    """What a run's result depends on, as saved in its ``result.json`` (JSON types): the training config but
+    where it is written, on which device and the path it starts from (an evaluation of another variant's run:
+    that run's), the variant it starts from, the evaluation options and the metrics."""
+    settings = spec["variants"][variant]
+    if "from" in settings:
+        trained = run_settings(spec, settings["from"], seed, out, overrides)["train"]
+    else:
+        config = run_config(spec, variant, seed, out / variant / f"seed_{seed}", None, overrides=overrides)
+        trained = {key: value for key, value in config.to_dict().items()
+                   if key not in ("out", "device", "resume", "init_from")}
+    current = {"train": trained, "init_from": settings.get("init_from"), "eval": settings.get("eval", {}),
+               "metrics": [spec["metric"], *spec.get("also", [])]}
+    return json.loads(json.dumps(current))
+
+
 def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
             overrides: dict | None = None) -> dict:
-    """Train and evaluate one (variant, seed), or reuse its ``result.json``: {"value", "seconds", "also"}.
+    """Train and evaluate one (variant, seed), or reuse its ``result.json``: {"value", "seconds", "also",
+    "settings"} (:func:`run_settings`; a ValueError when they are not this run's).
 
     The variant it starts from (``init_from``) or evaluates (``from``) runs first; ``seconds`` counts this
     variant's own training and evaluation."""
     run_dir = out / variant / f"seed_{seed}"
     done = run_dir / "result.json"
+    current = run_settings(spec, variant, seed, out, overrides)
     if done.is_file():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if result.get("settings") != current:
+            changed = sorted(key for key in {**current["train"], **result.get("settings", {}).get("train", {})}
+                             if current["train"].get(key) != result.get("settings", {}).get("train", {}).get(key))
+            raise ValueError(f"{run_dir} holds a run of other settings (training: {', '.join(changed) or 'none'}; "
+                             f"or the evaluation or the metrics): remove it, or pass another --out")
+        return result
     settings = spec["variants"][variant]
     source = settings.get("from") or settings.get("init_from")
     if source:
@@ -209,7 +233,7 @@ def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
     else:
         values = {name: final_metric(trained, name) for name in wanted}
     result = {"value": values[spec["metric"]], "seconds": round(time.perf_counter() - started, 1),
-              "also": {name: values[name] for name in wanted[1:]}}
+              "also": {name: values[name] for name in wanted[1:]}, "settings": current}
     write_json(done, result)
     return result
 
