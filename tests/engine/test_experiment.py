@@ -83,7 +83,7 @@ def test_finished_runs_are_reused_and_only_missing_ones_trained(tmp_path, monkey
     assert results["variants"]["slow"]["values"] == [0.25] and results["variants"]["fast"]["values"] == [0.5]
 
     changed = write_experiment(tmp_path, train={"iters": 3})  # a finished run is not reused under other settings
-    with pytest.raises(ValueError, match=r"slow/seed_1 holds a run of other settings \(training: iters;"):
+    with pytest.raises(ValueError, match=r"slow/seed_1 holds a run of other settings \(iters\): remove it"):
         run_experiment(str(changed), seeds=1, seed=1, out=out)
 
 

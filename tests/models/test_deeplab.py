@@ -132,7 +132,7 @@ def test_deeplabv1_head_is_dilated_and_logits_align_corners():
 
 
 def test_deeplabv2_vgg16_parameters_are_four_largefov_branches_on_the_same_backbone():
-    """DeepLab v2's ASPP on VGG-16: per rate one fc6 (3×3, 1024) → fc7 (1×1, 1024) → fc8 (1×1, classes) branch."""
+    """DeepLab v2's ASPP on VGG-16: per rate one fc6 (3×3, 1024) → fc7 (1×1, 1024) → fc8 (1×1, classes)."""
     branch = 9 * 512 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 21 + 21
     largefov = models.count_parameters("deeplabv1_vgg16", 21)
     for rates in ((6, 12, 18, 24), ASPP_S):

@@ -195,6 +195,13 @@ def run_settings(spec: dict, variant: str, seed: int, out: Path, overrides: dict
     return json.loads(json.dumps(current))
 
 
+def changed_settings(old: dict, new: dict) -> list[str]:
+    """The names of the training options, and of the other parts of :func:`run_settings`, that differ."""
+    trained = [key for key in sorted(set(old["train"]) | set(new["train"]))
+               if old["train"].get(key) != new["train"].get(key)]
+    return trained + [key for key in ("init_from", "eval", "metrics") if old.get(key) != new.get(key)]
+
+
 def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
             overrides: dict | None = None) -> dict:
     """Train and evaluate one (variant, seed), or reuse its ``result.json``: {"value", "seconds", "also",
@@ -208,10 +215,10 @@ def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
     if done.is_file():
         result = json.loads(done.read_text())
         if result.get("settings") != current:
-            changed = sorted(key for key in {**current["train"], **result.get("settings", {}).get("train", {})}
-                             if current["train"].get(key) != result.get("settings", {}).get("train", {}).get(key))
-            raise ValueError(f"{run_dir} holds a run of other settings (training: {', '.join(changed) or 'none'}; "
-                             f"or the evaluation or the metrics): remove it, or pass another --out")
+            changed = ", ".join(changed_settings(result["settings"], current)) if "settings" in result else \
+                "its result.json records none"
+            raise ValueError(f"{run_dir} holds a run of other settings ({changed}): remove it, or pass another "
+                             f"--out")
         return result
     settings = spec["variants"][variant]
     source = settings.get("from") or settings.get("init_from")
@@ -264,8 +271,9 @@ def run_experiment(name: str, seeds: int = 3, seed: int = 0, out: str | Path | N
     variant_table, claim_table = variant_rows(spec, results), claim_rows(spec, results)
     text = markdown_report(spec, results, variant_table, claim_table)
     (out / "report.md").write_text(text + "\n")
+    count = len(results["seeds"])
     viz.plot_experiment({variant: variants[variant]["values"] for variant in spec["order"]}, spec["metric"],
-                        f"{spec['experiment']} ({len(results['seeds'])} seed{'s' * (len(results['seeds']) > 1)})", out / "figure.png")
+                        f"{spec['experiment']} ({count} seed{'s' * (count > 1)})", out / "figure.png")
     report.experiment_report(out, f"seglab experiment {spec['experiment']}", spec.get("paper", ""),
                              variant_columns(spec), variant_table, claim_table, "figure.png")
     return text + f"\nwrote {out}/results.json, report.md, report.html, figure.png"
