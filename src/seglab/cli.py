@@ -182,9 +182,10 @@ def cmd_predict(args) -> None:
 
 
 def cmd_benchmark(args) -> None:
+    import torch
+
     from . import models
     from .engine.benchmark import HEADER, machine_line, measure, table_row
-
     from .models.base import check_device
 
     options = {"size": tuple(args.size), "batch": args.batch, "train": args.train, "amp": args.amp,
@@ -192,9 +193,11 @@ def cmd_benchmark(args) -> None:
     print(machine_line(str(check_device(args.device))))  # a device this machine lacks: one line, no table
     print(HEADER)
     if not args.all:
+        torch.manual_seed(0)  # a model built by name has the same random weights (so detections) every run
         print(table_row(measure(_load_model(args), **options)), flush=True)
         return
     for name in models.names():  # one model in memory at a time
+        torch.manual_seed(0)
         model = models.create(name, args.num_classes, **_model_options(args)).to(args.device)
         print(table_row(measure(model, **options)), flush=True)
         del model

@@ -90,3 +90,15 @@ def test_benchmark_command_prints_the_machine_and_a_table_row(capsys):
     assert lines[1].startswith("| model | mode | parameters | GMACs (forward) |")
     assert lines[3].startswith("| fcn8s_vgg16 | inference | ") and len(lines) == 4
 
+
+
+def test_a_model_built_by_name_has_the_same_random_weights_in_every_run(monkeypatch, capsys):
+    """Random weights decide how many detections an instance model makes, so how long it takes: seeded."""
+    seen = []
+    monkeypatch.setattr("seglab.engine.benchmark.measure",
+                        lambda model, **options: seen.append(next(model.parameters()).detach().clone()))
+    monkeypatch.setattr("seglab.engine.benchmark.table_row", lambda measurement: "")
+    for _ in range(2):
+        torch.rand(3)  # the global generator moves on between runs
+        cli.main(["benchmark", "--model", "fcn8s_vgg16", "--num-classes", "3", "--model-option", "width_mult=0.0625"])
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
