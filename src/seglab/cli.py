@@ -158,6 +158,8 @@ def cmd_eval(args) -> None:
     from .engine.evaluate import evaluate_checkpoint
 
     source = _load_model(args) if args.model else args.checkpoint  # a model built here has used its options
+    if args.boundary_band is not None and args.boundary_band < 0:
+        raise ValueError(f"--boundary-band is a width in pixels, 0 or more, got {args.boundary_band}")
     inference = {"batch_size": args.batch_size, "boundary_band": args.boundary_band, **_inference_options(args)}
     print(evaluate_checkpoint(source, args.out, inference=inference, compile=args.compile, **_setup_options(args)))
 

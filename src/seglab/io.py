@@ -242,6 +242,16 @@ def _finite(value):
     return value
 
 
+def evaluated_weights(checkpoint: dict) -> dict:
+    """A training run's checkpoint with its ``"model"`` replaced by the weights its validation evaluated: the
+    average of an ``--ema`` run's ``last.pt`` (``"ema"``, AveragedModel's ``module.*``), else as it is."""
+    ema = checkpoint.get("ema") if isinstance(checkpoint, dict) else None
+    if not ema:
+        return checkpoint
+    prefix = "module."
+    return {**checkpoint, "model": {key[len(prefix):]: value for key, value in ema.items() if key.startswith(prefix)}}
+
+
 def load_state(model: nn.Module, state: dict, source, missing_ok=()) -> None:
     """``model.load_state_dict(state)``, strict but for the keys ``missing_ok`` (which keep their initial values);
     a ValueError naming ``source`` and the first key that does not fit (a shape that differs, a key missing from

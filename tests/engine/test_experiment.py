@@ -77,20 +77,27 @@ def test_finished_runs_are_reused_and_only_missing_ones_trained(tmp_path, monkey
                                                                      "settings": settings}))
     (out / "fast" / "seed_1").mkdir(parents=True)
     (out / "fast" / "seed_1" / "last.pt").write_bytes(b"an interrupted run")
+    fast = experiment_module.run_settings(load_experiment(path), "fast", 1, out)
+    (out / "fast" / "seed_1" / "settings.json").write_text(json.dumps(fast))
     monkeypatch.setattr(experiment_module, "train", fake_train)
     results = json.loads(run_experiment(str(path), seeds=1, seed=1, out=out) and (out / "results.json").read_text())
     assert trained == [(str(out / "fast" / "seed_1"), 1, True)]  # resumed from its last.pt
     assert results["variants"]["slow"]["values"] == [0.25] and results["variants"]["fast"]["values"] == [0.5]
 
     changed = write_experiment(tmp_path, train={"iters": 3})  # a finished run is not reused under other settings
-    with pytest.raises(ValueError, match=r"slow/seed_1 holds a run of other settings \(iters\): remove it"):
+    with pytest.raises(ValueError, match=r"slow/seed_1 holds a finished run of other settings \(iters\): remove"):
         run_experiment(str(changed), seeds=1, seed=1, out=out)
+    (out / "slow" / "seed_2").mkdir(parents=True)  # nor is a started one resumed under them
+    (out / "slow" / "seed_2" / "last.pt").write_bytes(b"an interrupted run")
+    (out / "slow" / "seed_2" / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"slow/seed_2 holds a started run of other settings \(iters, seed\)"):
+        run_experiment(str(changed), seeds=1, seed=2, out=out)
 
 
 def test_claims_count_seeds_and_take_welchs_t_test():
     """b > a holds on the means, in 2 of 3 seeds; the p-value is Welch's: t and the Welch–Satterthwaite degrees
     of freedom by hand, two-sided."""
-    spec = {"order": ["a", "b"], "claims": [("a", "b")]}
+    spec = {"order": ["a", "b"], "metric": "miou", "claims": [("a", "b", "miou")]}
     a, b = [0.10, 0.20, 0.30], [0.20, 0.15, 0.50]
     results = {"variants": {"a": {"values": a}, "b": {"values": b}}}
     (claim, holds, seeds, p), = claim_rows(spec, results)
@@ -155,7 +162,8 @@ def test_every_shipped_experiment_runs_for_an_iteration_and_reports(name, tmp_pa
     figure = (tmp_path / "figure.png").read_bytes()
     assert figure.startswith(b"\x89PNG") and (tmp_path / "report.html").is_file()
     report = (tmp_path / "report.md").read_text()
-    assert all(f"| {better} > {worse} |" in report for worse, better in spec["claims"])
+    assert all(f"| {better} > {worse}{'' if metric == spec['metric'] else f' ({metric})'} |" in report
+               for worse, better, metric in spec["claims"])
 
 
 def test_staged_and_evaluation_only_variants(tmp_path, monkeypatch):
@@ -192,16 +200,29 @@ def test_staged_and_evaluation_only_variants(tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     assert "| os8 > first |" in report and "second > first" not in report and "pixel_acc (mean ± std)" in report
 
+    first = out / "first" / "seed_2" / "result.json"  # the run they come from, rerun: neither is reused
+    first.write_text(json.dumps({**json.loads(first.read_text()), "value": 0.123}))
+    with pytest.raises(ValueError, match="seed_2 was made from a run of 'first' that has been rerun since"):
+        run_experiment(str(path), seeds=1, seed=2, out=out)
 
-@pytest.mark.parametrize("variants, message", [
-    ({"a": {"from": "b", "train": {"lr": 1.0}}, "b": {}}, "trains nothing"),
-    ({"a": {"init_from": "c"}, "b": {}}, "init_from 'c' is not a variant"),
-    ({"a": {"eval": {"colour": 1}}, "b": {}}, "unknown eval keys"),
+
+@pytest.mark.parametrize("variants, extra, message", [
+    ({"a": {"from": "b", "train": {"lr": 1.0}}, "b": {}}, {}, "trains nothing"),
+    ({"a": {"init_from": "c"}, "b": {}}, {}, "init_from 'c' must be another variant that trains"),
+    ({"a": {"from": "b"}, "b": {"from": "a"}}, {}, "from 'b' must be another variant that trains"),
+    ({"a": {"init_from": "b"}, "b": {"init_from": "a"}}, {}, "circle: a -> b -> a"),
+    ({"a": {"eval": {"colour": 1}}, "b": {}}, {}, "unknown eval keys"),
+    ({"a": {"eval": {"held_out": 50}}, "b": {}}, {}, "held_out is the fraction"),
+    ({"a": {"eval": {"crf": {"preset": "nope"}}}, "b": {}}, {}, "eval.crf must map dense_crf keywords"),
+    ({"a": {"eval": {"crf": {"tune": {"bilateral_sxy": [5]}}}}, "b": {}}, {}, "tune needs eval.held_out"),
+    ({"a": {"eval": {"boundary_band": 3}}, "b": {}}, {"also": ["band_miou"]}, "'b' has none"),
+    ({"a": {}, "b": {}}, {"claims": [["a", "b", "fwiou"]]}, "optionally with a metric"),
 ])
-def test_bad_variant_links_are_refused(tmp_path, variants, message):
-    path = write_experiment(tmp_path, variants=variants, order=list(variants))
-    with pytest.raises(ValueError, match=message):
+def test_bad_variant_links_and_evaluations_are_refused(tmp_path, variants, extra, message):
+    path = write_experiment(tmp_path, variants=variants, order=list(variants), **extra)
+    with pytest.raises(ValueError, match=message) as error:
         load_experiment(path)
+    assert str(path) in str(error.value)
 
 
 def test_crf_is_tuned_on_held_out_images_and_both_variants_scored_on_the_rest(tmp_path):
@@ -231,7 +252,7 @@ def test_crf_is_tuned_on_held_out_images_and_both_variants_scored_on_the_rest(tm
             metrics.update(predict_labels(model, image[None], model.meta["mean"], model.meta["std"], crf=settings),
                            target["mask"][None])
         assert results[variant]["values"][0] == pytest.approx(metrics.compute()["miou"], abs=1e-9)
-    spec["variants"]["plain"]["eval"]["held_out"] = 1.0
+    spec["variants"]["plain"]["eval"]["held_out"] = 0.1
     path.write_text(yaml.safe_dump(spec))
-    with pytest.raises(ValueError, match="held_out 1.0: must hold out a part of the 4 validation images"):
+    with pytest.raises(ValueError, match="held_out 0.1: must hold out a part of the 4 validation images, not 0"):
         run_experiment(str(path), seeds=1, out=tmp_path / "other")

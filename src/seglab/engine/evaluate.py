@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..io import resolve_checkpoint, safe_load, writable_dir
+from ..io import evaluated_weights, resolve_checkpoint, safe_load, writable_dir
 from ..models import from_checkpoint, model_meta
 from ..models.base import check_device
 from .compiled import Compiled
@@ -16,7 +16,7 @@ from .tasks import task_module
 
 def evaluation_setup(checkpoint: str | Path | nn.Module, *, data: str | None = None, data_root: str | None = None,
                      split: str = "val", num_images: int | None = None, image_size: int | None = None,
-                     device: str = "cpu", model_options: dict | None = None):
+                     device: str = "cpu", model_options: dict | None = None, evaluated: bool = False):
     """(checkpoint file or None, model with ``.meta``, validated dataset, the training config saved in the
     checkpoint or {}).
 
@@ -25,7 +25,8 @@ def evaluation_setup(checkpoint: str | Path | nn.Module, *, data: str | None = N
     checkpoint was trained on: its name and root, and, only when ``data`` is that name too, its reader options,
     Shapes count, size and seed. A checkpoint's class names (unless they are the placeholders ``class_1``, …)
     must be the dataset's (``build_split``'s ``model_classes``). ``model_options`` override saved model options
-    where the weights allow (e.g. ``output_stride=8``).
+    where the weights allow (e.g. ``output_stride=8``). ``evaluated``: the weights the run's validation evaluated
+    (the average of an ``--ema`` run's ``last.pt``; ``io.evaluated_weights``), not its raw ``"model"``.
     """
     device = check_device(device)
     if isinstance(checkpoint, nn.Module):
@@ -34,7 +35,7 @@ def evaluation_setup(checkpoint: str | Path | nn.Module, *, data: str | None = N
         path, model, trained = None, checkpoint, {}
     else:
         path = resolve_checkpoint(checkpoint)
-        saved = safe_load(path)
+        saved = evaluated_weights(safe_load(path)) if evaluated else safe_load(path)
         model = from_checkpoint(saved, path, device=device, **(model_options or {}))
         trained = saved.get("config") or {}
     name = data or trained.get("data", "shapes")

@@ -1,5 +1,5 @@
-"""``seglab experiment``: a paper's ablation rerun — every variant trained and evaluated with the same data,
-budget and seeds — and a report of whether the paper's direction holds here.
+"""``seglab experiment``: a paper's ablation rerun — every variant trained and evaluated with the same data and
+seeds, on the budget its file states — and a report of whether the paper's claims hold here.
 
 An experiment is a YAML file (``configs/experiments/NAME.yaml``)::
 
@@ -20,18 +20,21 @@ A variant may also
   FCN-16s from FCN-32s; ``init_from`` in ``seglab train``), after that run has finished;
 - ``from: VARIANT``: train nothing and evaluate that variant's run of the same seed (an evaluation-time
   ablation: the CRF, another output stride);
-- ``eval: {...}``: score its final weights (``last.pt``) by an evaluation of its own (:data:`EVAL_KEYS`):
+- ``eval: {...}`` (merged over the experiment's own ``eval``, if any): score the weights its run's validation
+  evaluated (in ``last.pt``) by an evaluation of its own (:data:`EVAL_KEYS`):
   ``model_options`` (e.g. ``{output_stride: 8}``), ``held_out: F`` (the first fraction F of the validation
   images is held out: the CRF is tuned on them and the metric measured on the rest), ``crf`` (``dense_crf`` keywords, a
   ``preset``, and ``tune: {keyword: [values]}`` to grid-search those on the held-out images), ``labels``
   (instance models: score these classes only) and ``boundary_band: W`` (also ``band_miou`` and
-  ``band_pixel_acc``: DeepLab's trimap, ``metrics.boundary``). Without ``eval`` the metric is the run's
-  last validation.
+  ``band_pixel_acc``: DeepLab's trimap, ``metrics.boundary``). Without any ``eval`` the metric is the
+  run's last validation (the same evaluation, done by the trainer).
 
-``also: [metric, ...]`` names further metrics reported beside ``metric`` (no claims are tested on them).
+``also: [metric, ...]`` names further metrics reported beside ``metric``; a claim ``[worse, better, metric]``
+tests one of them (default: ``metric``).
 
-Runs go to ``OUT/VARIANT/seed_S``; a finished run leaves ``result.json`` there and is reused, so an
-interrupted suite continues where it stopped (an unfinished run resumes from its ``last.pt``).
+Runs go to ``OUT/VARIANT/seed_S``; a finished run leaves ``result.json`` there with its settings
+(:func:`run_settings`) and is reused under the same settings, so an interrupted suite continues where it
+stopped (an unfinished run resumes from its ``last.pt``, under the settings it started with).
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ from .tasks import task_module
 from .train import train
 
 EXPERIMENTS = Path("configs/experiments")  # where names are looked up, from the current directory
-KEYS = {"experiment", "paper", "metric", "also", "base", "train", "order", "claims", "variants"}
+KEYS = {"experiment", "paper", "metric", "also", "base", "train", "eval", "order", "claims", "variants"}
 VARIANT_KEYS = {"paper", "train", "base", "init_from", "from", "eval"}  # a variant's own base replaces the experiment's
 EVAL_KEYS = {"model_options", "held_out", "crf", "labels", "boundary_band"}
 
@@ -76,7 +79,9 @@ def list_experiments() -> list[str]:
 
 
 def load_experiment(path: Path) -> dict:
-    """The experiment at ``path``, checked: one-line ValueErrors naming the file and the key."""
+    """The experiment at ``path``, checked (one-line ValueErrors naming the file and the key) and normalised:
+    ``order``, ``claims`` as (worse, better, metric) and each variant's ``eval`` merged over the shared one
+    (None: the variant is scored by its run's last validation)."""
     spec = read_yaml_mapping(path)
     unknown = sorted(set(spec) - KEYS)
     if unknown:
@@ -87,31 +92,74 @@ def load_experiment(path: Path) -> dict:
     variants = spec["variants"]
     if not isinstance(variants, dict) or len(variants) < 2:
         raise ValueError(f"{path}: variants must map at least two names to their settings, got {variants!r}")
+    checked = {}
     for name, variant in variants.items():
         if name != name.lower() or not isinstance(variant or {}, dict) or set(variant or {}) - VARIANT_KEYS:
             raise ValueError(f"{path}: variant {name!r} must be a lower-case name mapping to "
                              f"{'/'.join(sorted(VARIANT_KEYS))}, got {variant!r}")
-        variant = variant or {}
+        variant = dict(variant or {})
         if "base" not in spec and "base" not in variant and "from" not in variant:
             raise ValueError(f"{path}: base is missing (for variant {name!r})")
         for key in ("init_from", "from"):
-            if key in variant and variant[key] not in variants:
-                raise ValueError(f"{path}: variant {name!r}: {key} {variant[key]!r} is not a variant")
+            source = variant.get(key)
+            if source is not None and (source not in variants or source == name or "from" in (variants[source] or {})):
+                raise ValueError(f"{path}: variant {name!r}: {key} {source!r} must be another variant that trains")
         if "from" in variant and set(variant) & {"train", "base", "init_from"}:
             raise ValueError(f"{path}: variant {name!r} evaluates {variant['from']!r}'s run: it trains nothing, "
                              f"so it takes no train, base or init_from")
-        unknown = sorted(set(variant.get("eval") or {}) - EVAL_KEYS)
-        if unknown:
-            raise ValueError(f"{path}: variant {name!r}: unknown eval keys {unknown}; known: {sorted(EVAL_KEYS)}")
+        if "eval" in spec or "eval" in variant:
+            variant["eval"] = {**(spec.get("eval") or {}), **(variant.get("eval") or {})}
+            check_eval(path, name, variant["eval"])
+        checked[name] = variant
+    _check_chains(path, checked)
     order = spec.get("order", list(variants))
     if sorted(order) != sorted(variants):
         raise ValueError(f"{path}: order must list the variants {sorted(variants)}, got {order}")
-    claims = spec.get("claims", list(zip(order, order[1:])))
-    for claim in claims:
-        if not (isinstance(claim, (list, tuple)) and len(claim) == 2 and set(claim) <= set(variants)):
-            raise ValueError(f"{path}: a claim is a pair [worse, better] of variants, got {claim!r}")
-    return {**spec, "order": order, "claims": [tuple(claim) for claim in claims],
-            "variants": {name: variant or {} for name, variant in variants.items()}}
+    metrics = [spec["metric"], *spec.get("also", [])]
+    claims = []
+    for claim in spec.get("claims", list(zip(order, order[1:]))):
+        if not (isinstance(claim, (list, tuple)) and len(claim) in (2, 3) and set(claim[:2]) <= set(variants)
+                and (len(claim) == 2 or claim[2] in metrics)):
+            raise ValueError(f"{path}: a claim is [worse, better] (two variants), optionally with a metric of "
+                             f"{metrics}, got {claim!r}")
+        claims.append((claim[0], claim[1], claim[2] if len(claim) == 3 else spec["metric"]))
+    banded = [name for name in metrics if name.startswith("band_")]
+    unbanded = [name for name, variant in checked.items() if "boundary_band" not in (variant.get("eval") or {})]
+    if banded and unbanded:
+        raise ValueError(f"{path}: {banded[0]} needs eval.boundary_band in every variant; {unbanded[0]!r} has none")
+    return {**spec, "order": order, "claims": claims, "variants": checked}
+
+
+def check_eval(path: Path, name: str, options: dict) -> None:
+    """ValueError naming the file and the variant when its ``eval`` options are not :data:`EVAL_KEYS` of the
+    right kinds."""
+    unknown = sorted(set(options) - EVAL_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: variant {name!r}: unknown eval keys {unknown}; known: {sorted(EVAL_KEYS)}")
+    fraction = options.get("held_out")
+    if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise ValueError(f"{path}: variant {name!r}: eval.held_out is the fraction of the validation images held "
+                         f"out, in (0, 1), got {fraction!r}")
+    crf = options.get("crf")
+    if crf is not None:
+        preset = crf.get("preset", "default") if isinstance(crf, dict) else None
+        if preset not in PRESETS:
+            raise ValueError(f"{path}: variant {name!r}: eval.crf must map dense_crf keywords (a preset of "
+                             f"{sorted(PRESETS)}, tune), got {crf!r}")
+        if "tune" in crf and fraction is None:
+            raise ValueError(f"{path}: variant {name!r}: eval.crf.tune needs eval.held_out: the images the CRF "
+                             f"is tuned on")
+
+
+def _check_chains(path: Path, variants: dict) -> None:
+    """ValueError when ``init_from`` links run in a circle."""
+    for name in variants:
+        seen, current = [name], variants[name].get("init_from")
+        while current is not None:
+            if current in seen:
+                raise ValueError(f"{path}: init_from links run in a circle: {' -> '.join([*seen, current])}")
+            seen.append(current)
+            current = variants[current].get("init_from")
 
 
 def run_config(spec: dict, variant: str, seed: int, out: Path, device: str | None, resume: bool = False,
@@ -143,9 +191,7 @@ def crf_settings(crf: dict, model, held_out, progress: bool = True) -> dict:
     crf = dict(crf)
     grid = crf.pop("tune", None)
     settings = {**PRESETS[crf.pop("preset", "default")], **crf}
-    if grid:
-        if held_out is None:
-            raise ValueError("eval.crf.tune needs eval.held_out: the images the CRF is tuned on")
+    if grid:  # with held-out images (load_experiment checks)
         fixed = {key: value for key, value in settings.items() if key not in grid and key != "iterations"}
         meta = model.meta
         _, ranked = tune_crf(model, held_out, meta["num_classes"], meta["mean"], meta["std"], grid, fixed,
@@ -155,18 +201,20 @@ def crf_settings(crf: dict, model, held_out, progress: bool = True) -> dict:
 
 
 def evaluate_run(run_dir: Path, options: dict, device: str | None, out: Path) -> dict[str, float]:
-    """The summary metrics of ``run_dir``'s final weights (``last.pt``) under an experiment's ``eval`` options
-    (:data:`EVAL_KEYS`); the CRF setting used, if any, is kept in ``out/crf.json``."""
+    """The summary metrics of the weights ``run_dir``'s validation evaluated (its ``last.pt``; the average with
+    ``--ema``) under an experiment's ``eval`` options (:data:`EVAL_KEYS`); the CRF setting used, if any, is
+    kept in ``out/crf.json``."""
     _, model, dataset, _ = evaluation_setup(run_dir / "last.pt", device=device or "auto",
-                                            model_options=options.get("model_options"))
-    fraction, held_out = options.get("held_out"), None
-    if fraction is not None:
-        held = round(fraction * len(dataset))
+                                            model_options=options.get("model_options"), evaluated=True)
+    task, held_out = task_module(model.meta), None
+    if options.get("held_out") is not None:
+        if task.DEFAULT_METRIC != "miou":
+            raise ValueError("eval.held_out applies to semantic models (it holds out images to tune the CRF on)")
+        held = round(options["held_out"] * len(dataset))
         if not 0 < held < len(dataset):
-            raise ValueError(f"eval.held_out {fraction}: must hold out a part of the {len(dataset)} validation "
-                             f"images, not {held}")
+            raise ValueError(f"eval.held_out {options['held_out']}: must hold out a part of the {len(dataset)} "
+                             f"validation images, not {held}")
         held_out, dataset = Subset(dataset, range(held)), Subset(dataset, range(held, len(dataset)))
-    task = task_module(model.meta)
     inference = {}
     if "crf" in options:
         inference["crf"] = crf_settings(options["crf"], model, held_out)
@@ -174,63 +222,97 @@ def evaluate_run(run_dir: Path, options: dict, device: str | None, out: Path) ->
     if "boundary_band" in options:
         inference["boundary_band"] = options["boundary_band"]
     if "labels" in options:
-        inference["labels"] = [model.meta["classes"].index(name) for name in options["labels"]]
+        classes = model.meta["classes"]
+        unknown = [name for name in options["labels"] if name not in classes]
+        if unknown:
+            raise ValueError(f"eval.labels: {unknown} are not classes of {run_dir} ({', '.join(classes)})")
+        inference["labels"] = [classes.index(name) for name in options["labels"]]
     result, _ = task.evaluate(model, dataset, model.meta, **inference)
     return task.summary(result)
 
 
-def run_settings(spec: dict, variant: str, seed: int, out: Path, overrides: dict | None = None) -> dict:
-    """What a run's result depends on, as saved in its ``result.json`` (JSON types): the training config but
-    where it is written, on which device and the path it starts from (an evaluation of another variant's run:
-    that run's), the variant it starts from, the evaluation options and the metrics."""
+def training_settings(spec: dict, variant: str, seed: int, out: Path, overrides: dict | None = None) -> dict:
+    """What the weights of a variant's run depend on: its training config but where it is written, on which
+    device and the path it starts from, and (``init_from``) the training settings of the run it starts from."""
     settings = spec["variants"][variant]
-    if "from" in settings:
-        trained = run_settings(spec, settings["from"], seed, out, overrides)["train"]
-    else:
-        config = run_config(spec, variant, seed, out / variant / f"seed_{seed}", None, overrides=overrides)
-        trained = {key: value for key, value in config.to_dict().items()
-                   if key not in ("out", "device", "resume", "init_from")}
-    current = {"train": trained, "init_from": settings.get("init_from"), "eval": settings.get("eval", {}),
-               "metrics": [spec["metric"], *spec.get("also", [])]}
+    config = run_config(spec, variant, seed, out / variant / f"seed_{seed}", None, overrides=overrides)
+    trained = {key: value for key, value in config.to_dict().items()
+               if key not in ("out", "device", "resume", "init_from")}
+    source = settings.get("init_from")
+    return {"train": trained,
+            "init_from": None if source is None else training_settings(spec, source, seed, out, overrides)}
+
+
+def run_settings(spec: dict, variant: str, seed: int, out: Path, overrides: dict | None = None) -> dict:
+    """What a run's result depends on, as saved in its ``result.json`` (JSON types): the training settings of
+    the run it scores (its own, or with ``from`` the other variant's: :func:`training_settings`), its
+    evaluation options and the metrics."""
+    settings = spec["variants"][variant]
+    trained = training_settings(spec, settings.get("from", variant), seed, out, overrides)
+    current = {**trained, "eval": settings.get("eval"), "metrics": [spec["metric"], *spec.get("also", [])]}
     return json.loads(json.dumps(current))
 
 
 def changed_settings(old: dict, new: dict) -> list[str]:
     """The names of the training options, and of the other parts of :func:`run_settings`, that differ."""
-    trained = [key for key in sorted(set(old["train"]) | set(new["train"]))
-               if old["train"].get(key) != new["train"].get(key)]
+    old_train, new_train = old.get("train", {}), new.get("train", {})
+    trained = [key for key in sorted(set(old_train) | set(new_train)) if old_train.get(key) != new_train.get(key)]
     return trained + [key for key in ("init_from", "eval", "metrics") if old.get(key) != new.get(key)]
+
+
+def _source_result(out: Path, settings: dict, seed: int) -> dict | None:
+    """{"variant", "value", "seconds"} of the finished run a variant starts from or scores, or None."""
+    source = settings.get("from") or settings.get("init_from")
+    if source is None:
+        return None
+    result = json.loads((out / source / f"seed_{seed}" / "result.json").read_text())
+    return {"variant": source, "value": result["value"], "seconds": result["seconds"]}
+
+
+def _check_reuse(run_dir: Path, recorded: dict | None, current: dict, what: str) -> None:
+    """ValueError when ``recorded`` (a finished or started run's settings) are not ``current``."""
+    if recorded != current:
+        changed = ", ".join(changed_settings(recorded, current)) if recorded else "it records none"
+        raise ValueError(f"{run_dir} holds a {what} of other settings ({changed}): remove it, or pass another "
+                         f"--out")
 
 
 def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
             overrides: dict | None = None) -> dict:
     """Train and evaluate one (variant, seed), or reuse its ``result.json``: {"value", "seconds", "also",
-    "settings"} (:func:`run_settings`; a ValueError when they are not this run's).
+    "settings", "source"} (:func:`run_settings`; a ValueError when they are not this run's, or when the run
+    it starts from or scores has been rerun since).
 
     The variant it starts from (``init_from``) or evaluates (``from``) runs first; ``seconds`` counts this
     variant's own training and evaluation."""
     run_dir = out / variant / f"seed_{seed}"
-    done = run_dir / "result.json"
+    done, started_with = run_dir / "result.json", run_dir / "settings.json"
     current = run_settings(spec, variant, seed, out, overrides)
+    settings = spec["variants"][variant]
     if done.is_file():
         result = json.loads(done.read_text())
-        if result.get("settings") != current:
-            changed = ", ".join(changed_settings(result["settings"], current)) if "settings" in result else \
-                "its result.json records none"
-            raise ValueError(f"{run_dir} holds a run of other settings ({changed}): remove it, or pass another "
-                             f"--out")
+        _check_reuse(run_dir, result.get("settings"), current, "finished run")
+        if settings.get("from") or settings.get("init_from"):
+            run_one(spec, settings.get("from") or settings["init_from"], seed, out, device, overrides)
+            if result.get("source") != _source_result(out, settings, seed):
+                raise ValueError(f"{run_dir} was made from a run of {result['source']['variant']!r} that has been "
+                                 f"rerun since: remove it, or pass another --out")
         return result
-    settings = spec["variants"][variant]
-    source = settings.get("from") or settings.get("init_from")
-    if source:
-        run_one(spec, source, seed, out, device, overrides)
+    if settings.get("from") or settings.get("init_from"):
+        run_one(spec, settings.get("from") or settings["init_from"], seed, out, device, overrides)
     started = time.perf_counter()
     trained = out / settings["from"] / f"seed_{seed}" if "from" in settings else run_dir
     if "from" not in settings:
-        train(run_config(spec, variant, seed, run_dir, device, resume=(run_dir / "last.pt").is_file(),
-                         overrides=overrides))
+        resume = (run_dir / "last.pt").is_file()
+        if resume:
+            _check_reuse(run_dir, json.loads(started_with.read_text()) if started_with.is_file() else None,
+                         current, "started run")
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(started_with, current)
+        train(run_config(spec, variant, seed, run_dir, device, resume=resume, overrides=overrides))
     wanted = [spec["metric"], *spec.get("also", [])]
-    if "eval" in settings:
+    if settings.get("eval") is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         measured = evaluate_run(trained, settings["eval"], device, run_dir)
         missing = [name for name in wanted if name not in measured]
@@ -240,7 +322,8 @@ def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
     else:
         values = {name: final_metric(trained, name) for name in wanted}
     result = {"value": values[spec["metric"]], "seconds": round(time.perf_counter() - started, 1),
-              "also": {name: values[name] for name in wanted[1:]}, "settings": current}
+              "also": {name: values[name] for name in wanted[1:]}, "settings": current,
+              "source": _source_result(out, settings, seed)}
     write_json(done, result)
     return result
 
@@ -312,16 +395,18 @@ def variant_rows(spec: dict, results: dict) -> list[list[str]]:
 
 
 def claim_rows(spec: dict, results: dict) -> list[list[str]]:
-    """Per claim (a, b) (``claims``, default each consecutive pair of ``order``), the paper's b > a: does it hold
-    on the means, in how many seeds it holds, and Welch's t-test p-value (two-sided; n/a under two seeds a
-    side)."""
+    """Per claim (a, b, metric) (``claims``, default each consecutive pair of ``order`` on ``metric``), the
+    paper's b > a: does it hold on the means, in how many seeds it holds, and Welch's t-test p-value
+    (two-sided; n/a under two seeds a side)."""
     rows = []
-    for worse, better in spec["claims"]:
-        a, b = results["variants"][worse]["values"], results["variants"][better]["values"]
+    for worse, better, metric in spec["claims"]:
+        a, b = (results["variants"][name]["values"] if metric == spec["metric"] else
+                results["variants"][name]["also"][metric] for name in (worse, better))
         wins = sum(y > x for x, y in zip(a, b))
         holds = sum(b) / len(b) > sum(a) / len(a)
         p = stats.ttest_ind(b, a, equal_var=False).pvalue if min(len(a), len(b)) >= 2 else math.nan
-        rows.append([f"{better} > {worse}", "yes" if holds else "no", f"{wins} of {len(a)}",
+        claim = f"{better} > {worse}" + ("" if metric == spec["metric"] else f" ({metric})")
+        rows.append([claim, "yes" if holds else "no", f"{wins} of {len(a)}",
                      "n/a" if math.isnan(p) else f"{p:.3f}"])
     return rows
 

@@ -224,7 +224,7 @@ def pictures(visuals, meta: dict) -> list[list[Image.Image]]:
 def write_report(result: dict, visuals, meta: dict, out_dir: str | Path, *, config: dict | None = None,
                  run_dir: str | Path | None = None) -> str:
     """Write ``metrics.json`` (the summary metrics and per-class IoU, Dice, precision and recall, also without the
-    CRF when ``result`` has both), ``per_class_iou.png``, ``overlays.png`` (rows: input | ground truth | prediction,
+    CRF when ``result`` has both, and over the boundary band when it was scored), ``per_class_iou.png``, ``overlays.png`` (rows: input | ground truth | prediction,
     best images first) and ``report.html`` (``seglab.report``: ``config`` is the run's, training curves
     from ``run_dir``) to ``out_dir``; return the Markdown table (and the mIoU without the CRF)."""
     out = Path(out_dir)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import BASIC_DEPTHS, BasicResNet, ResNet, prepare_backbone
-from ..io import load_state, safe_load
+from ..io import evaluated_weights, load_state, safe_load
 
 
 class SegmentationModel(nn.Module):
@@ -60,11 +60,11 @@ def load_weights(model: nn.Module, path: str | None) -> nn.Module:
 
 
 def load_part(model: nn.Module, path: str | Path) -> int:
-    """Load a seglab checkpoint (its ``"model"``) or a plain state dict from disk (weights_only) whose keys are a
-    subset of ``model``'s, with the same shapes: staged training (FCN-16s from FCN-32s). The model's other
-    weights keep their values. Returns the number of tensors loaded; a ValueError naming ``path`` and the key
-    when a tensor does not fit or the model lacks it."""
-    state = safe_load(path)
+    """Load a seglab checkpoint (the weights its validation evaluated: ``io.evaluated_weights``) or a plain state
+    dict from disk (weights_only) whose keys are a subset of ``model``'s, with the same shapes: staged training
+    (FCN-16s from FCN-32s). The model's other weights keep their values. Returns the number of tensors loaded; a
+    ValueError naming ``path`` and the key when a tensor does not fit or the model lacks it."""
+    state = evaluated_weights(safe_load(path))
     state = state.get("model", state)
     load_state(model, state, path, missing_ok=set(model.state_dict()) - set(state))
     return len(state)
