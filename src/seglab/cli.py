@@ -206,14 +206,14 @@ def cmd_benchmark(args) -> None:
 
 
 def cmd_experiment(args) -> None:
-    from .engine.experiment import list_experiments, run_experiment
+    from .engine.experiment import list_experiments, run_experiment, suite
 
     if args.list:
         print("\n".join(list_experiments()))
         return
     if args.name is None:
         raise ValueError("name an experiment (or all), or pass --list")
-    names = list_experiments() if args.name == "all" else [args.name]
+    names = suite() if args.name == "all" else [args.name]
     for name in names:
         out = None if args.out is None else (Path(args.out) / name if args.name == "all" else args.out)
         print(run_experiment(name, seeds=args.seeds, seed=args.seed, out=out, device=args.device,
@@ -471,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment = commands.add_parser("experiment", help="rerun a paper's ablation: every variant with the same "
                                      "data, budget and seeds; results.json and a report")
-    experiment.add_argument("name", nargs="?", help="an experiment in configs/experiments (or a YAML path), or all")
+    experiment.add_argument("name", nargs="?", help="an experiment in configs/experiments (or a YAML path), or all "
+                                                    "(the lecture's, one after another)")
     experiment.add_argument("--list", action="store_true", help="list the experiments and stop")
     experiment.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
     experiment.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")

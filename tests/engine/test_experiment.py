@@ -135,6 +135,7 @@ def test_list_names_the_shipped_experiments_and_their_runs_configure():
     """Every shipped experiment loads and each of its variants' run configs builds (the model options exist)."""
     listed = seglab("experiment", "--list").stdout.split()
     assert set(LECTURE) | {"fcis-vs-maskrcnn"} <= set(listed)
+    assert experiment_module.suite() == sorted(LECTURE)  # what seglab experiment all runs
     for name in listed:
         spec = load_experiment(experiment_module.experiment_path(name))
         for variant in spec["order"]:

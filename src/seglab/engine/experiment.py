@@ -29,7 +29,8 @@ A variant may also
   ``band_pixel_acc``: DeepLab's trimap, ``metrics.boundary``). Without any ``eval`` the metric is the
   run's last validation (the same evaluation, done by the trainer).
 
-``also: [metric, ...]`` names further metrics reported beside ``metric``; a claim ``[worse, better, metric]``
+``all: false`` leaves an experiment out of ``seglab experiment all``. ``also: [metric, ...]`` names further
+metrics reported beside ``metric``; a claim ``[worse, better, metric]``
 tests one of them (default: ``metric``).
 
 Runs go to ``OUT/VARIANT/seed_S``; a finished run leaves ``result.json`` there with its settings
@@ -57,7 +58,7 @@ from .tasks import task_module
 from .train import train
 
 EXPERIMENTS = Path("configs/experiments")  # where names are looked up, from the current directory
-KEYS = {"experiment", "paper", "metric", "also", "base", "train", "eval", "order", "claims", "variants"}
+KEYS = {"experiment", "paper", "metric", "also", "base", "train", "eval", "order", "claims", "variants", "all"}
 VARIANT_KEYS = {"paper", "train", "base", "init_from", "from", "eval"}  # a variant's own base replaces the experiment's
 EVAL_KEYS = {"model_options", "held_out", "crf", "labels", "boundary_band"}
 
@@ -76,6 +77,12 @@ def experiment_path(name: str) -> Path:
 def list_experiments() -> list[str]:
     """The experiment names in ``configs/experiments``, sorted."""
     return sorted(path.stem for path in EXPERIMENTS.glob("*.yaml")) if EXPERIMENTS.is_dir() else []
+
+
+def suite() -> list[str]:
+    """What ``seglab experiment all`` runs: the experiments of ``configs/experiments`` but those marked
+    ``all: false`` (a long comparison of its own, e.g. fcis-vs-maskrcnn), sorted."""
+    return [name for name in list_experiments() if read_yaml_mapping(experiment_path(name)).get("all", True)]
 
 
 def load_experiment(path: Path) -> dict:
