@@ -209,7 +209,11 @@ def cmd_experiment(args) -> None:
     from .engine.experiment import list_experiments, run_experiment, suite
 
     if args.list:
-        print("\n".join(list_experiments()))
+        names = list_experiments()
+        if not names:
+            raise ValueError("no experiments in configs/experiments here: run from the seglab repository's root "
+                             "(its configs/experiments), or name an experiment's YAML file")
+        print("\n".join(names))
         return
     if args.name is None:
         raise ValueError("name an experiment (or all), or pass --list")

@@ -3,6 +3,8 @@ the Markdown and HTML reports), finished runs reused, the claims' statistics aga
 bad experiment files refused in one line."""
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -257,3 +259,9 @@ def test_crf_is_tuned_on_held_out_images_and_both_variants_scored_on_the_rest(tm
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match="held_out 0.1: must hold out a part of the 4 validation images, not 0"):
         run_experiment(str(path), seeds=1, out=tmp_path / "other")
+
+
+def test_list_outside_the_repository_says_where_experiments_are_looked_up(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "seglab", "experiment", "--list"], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 1 and "no experiments in configs/experiments here" in result.stderr
