@@ -122,7 +122,7 @@ def load_experiment(path: Path) -> dict:
     order = spec.get("order", list(variants))
     if sorted(order) != sorted(variants):
         raise ValueError(f"{path}: order must list the variants {sorted(variants)}, got {order}")
-    metrics = [spec["metric"], *spec.get("also", [])]
+    metrics = metrics_of(spec)
     claims = []
     for claim in spec.get("claims", list(zip(order, order[1:]))):
         if not (isinstance(claim, (list, tuple)) and len(claim) in (2, 3) and set(claim[:2]) <= set(variants)
@@ -215,7 +215,7 @@ def evaluate_run(run_dir: Path, options: dict, device: str | None, out: Path) ->
                                             model_options=options.get("model_options"), evaluated=True)
     task, held_out = task_module(model.meta), None
     if options.get("held_out") is not None:
-        if task.DEFAULT_METRIC != "miou":
+        if model.meta["task"] != "semantic":
             raise ValueError("eval.held_out applies to semantic models (it holds out images to tune the CRF on)")
         held = round(options["held_out"] * len(dataset))
         if not 0 < held < len(dataset):
@@ -238,6 +238,11 @@ def evaluate_run(run_dir: Path, options: dict, device: str | None, out: Path) ->
     return task.summary(result)
 
 
+def metrics_of(spec: dict) -> list[str]:
+    """The metrics an experiment reports: ``metric``, then each of ``also``."""
+    return [spec["metric"], *spec.get("also", [])]
+
+
 def training_settings(spec: dict, variant: str, seed: int, out: Path, overrides: dict | None = None) -> dict:
     """What the weights of a variant's run depend on: its training config but where it is written, on which
     device and the path it starts from, and (``init_from``) the training settings of the run it starts from."""
@@ -256,7 +261,7 @@ def run_settings(spec: dict, variant: str, seed: int, out: Path, overrides: dict
     evaluation options and the metrics."""
     settings = spec["variants"][variant]
     trained = training_settings(spec, settings.get("from", variant), seed, out, overrides)
-    current = {**trained, "eval": settings.get("eval"), "metrics": [spec["metric"], *spec.get("also", [])]}
+    current = {**trained, "eval": settings.get("eval"), "metrics": metrics_of(spec)}
     return json.loads(json.dumps(current))
 
 
@@ -265,15 +270,6 @@ def changed_settings(old: dict, new: dict) -> list[str]:
     old_train, new_train = old.get("train", {}), new.get("train", {})
     trained = [key for key in sorted(set(old_train) | set(new_train)) if old_train.get(key) != new_train.get(key)]
     return trained + [key for key in ("init_from", "eval", "metrics") if old.get(key) != new.get(key)]
-
-
-def _source_result(out: Path, settings: dict, seed: int) -> dict | None:
-    """{"variant", "value", "seconds"} of the finished run a variant starts from or scores, or None."""
-    source = settings.get("from") or settings.get("init_from")
-    if source is None:
-        return None
-    result = json.loads((out / source / f"seed_{seed}" / "result.json").read_text())
-    return {"variant": source, "value": result["value"], "seconds": result["seconds"]}
 
 
 def _check_reuse(run_dir: Path, recorded: dict | None, current: dict, what: str) -> None:
@@ -296,17 +292,18 @@ def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
     done, started_with = run_dir / "result.json", run_dir / "settings.json"
     current = run_settings(spec, variant, seed, out, overrides)
     settings = spec["variants"][variant]
-    if done.is_file():
-        result = json.loads(done.read_text())
-        _check_reuse(run_dir, result.get("settings"), current, "finished run")
-        if settings.get("from") or settings.get("init_from"):
-            run_one(spec, settings.get("from") or settings["init_from"], seed, out, device, overrides)
-            if result.get("source") != _source_result(out, settings, seed):
-                raise ValueError(f"{run_dir} was made from a run of {result['source']['variant']!r} that has been "
-                                 f"rerun since: remove it, or pass another --out")
-        return result
-    if settings.get("from") or settings.get("init_from"):
-        run_one(spec, settings.get("from") or settings["init_from"], seed, out, device, overrides)
+    cached = json.loads(done.read_text()) if done.is_file() else None
+    if cached is not None:
+        _check_reuse(run_dir, cached.get("settings"), current, "finished run")
+    source, upstream = settings.get("from") or settings.get("init_from"), None
+    if source is not None:  # the run it starts from or scores: {"variant", "value", "seconds"}
+        made = run_one(spec, source, seed, out, device, overrides)
+        upstream = {"variant": source, "value": made["value"], "seconds": made["seconds"]}
+    if cached is not None:
+        if cached.get("source") != upstream:
+            raise ValueError(f"{run_dir} was made from a run of {source!r} that has been rerun since: remove it, "
+                             f"or pass another --out")
+        return cached
     started = time.perf_counter()
     trained = out / settings["from"] / f"seed_{seed}" if "from" in settings else run_dir
     if "from" not in settings:
@@ -318,7 +315,7 @@ def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(started_with, current)
         train(run_config(spec, variant, seed, run_dir, device, resume=resume, overrides=overrides))
-    wanted = [spec["metric"], *spec.get("also", [])]
+    wanted = metrics_of(spec)
     if settings.get("eval") is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         measured = evaluate_run(trained, settings["eval"], device, run_dir)
@@ -329,8 +326,7 @@ def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
     else:
         values = {name: final_metric(trained, name) for name in wanted}
     result = {"value": values[spec["metric"]], "seconds": round(time.perf_counter() - started, 1),
-              "also": {name: values[name] for name in wanted[1:]}, "settings": current,
-              "source": _source_result(out, settings, seed)}
+              "also": {name: values[name] for name in wanted[1:]}, "settings": current, "source": upstream}
     write_json(done, result)
     return result
 
