@@ -215,7 +215,7 @@ def evaluate_run(run_dir: Path, options: dict, device: str | None, out: Path) ->
                                             model_options=options.get("model_options"), evaluated=True)
     task, held_out = task_module(model.meta), None
     if options.get("held_out") is not None:
-        if model.meta["task"] != "semantic":
+        if task.DEFAULT_METRIC != "miou":  # semantic models (the task seam has no other mark)
             raise ValueError("eval.held_out applies to semantic models (it holds out images to tune the CRF on)")
         held = round(options["held_out"] * len(dataset))
         if not 0 < held < len(dataset):
