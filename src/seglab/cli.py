@@ -206,7 +206,7 @@ def cmd_benchmark(args) -> None:
 
 
 def cmd_experiment(args) -> None:
-    from .engine.experiment import list_experiments, run_experiment, suite
+    from .engine.experiment import list_experiments, run_experiments, suite
 
     if args.list:
         names = list_experiments()
@@ -215,13 +215,14 @@ def cmd_experiment(args) -> None:
                              "(its configs/experiments), or name an experiment's YAML file")
         print("\n".join(names))
         return
-    if args.name is None:
+    if not args.names:
         raise ValueError("name an experiment (or all), or pass --list")
-    names = suite() if args.name == "all" else [args.name]
-    for name in names:
-        out = None if args.out is None else (Path(args.out) / name if args.name == "all" else args.out)
-        print(run_experiment(name, seeds=args.seeds, seed=args.seed, out=out, device=args.device,
-                             overrides=_key_values(args.override or [])))
+    names = suite() if args.names == ["all"] else args.names
+    one = len(args.names) == 1 and names == args.names  # one experiment: --out is its directory, else the parent
+    outs = {name: None if args.out is None else (Path(args.out) if one else Path(args.out) / Path(name).stem)
+            for name in names}
+    run_experiments(outs, seeds=args.seeds, seed=args.seed, device=args.device,  # prints each report when made
+                    overrides=_key_values(args.override or []), jobs=args.jobs)
 
 
 def cmd_export(args) -> None:
@@ -475,13 +476,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     experiment = commands.add_parser("experiment", help="rerun a paper's ablation: every variant with the same "
                                      "data, budget and seeds; results.json and a report")
-    experiment.add_argument("name", nargs="?", help="an experiment in configs/experiments (or a YAML path), or all "
-                                                    "(the lecture's, one after another)")
+    experiment.add_argument("names", nargs="*", metavar="NAME",
+                            help="experiments in configs/experiments (or YAML paths), or all (the lecture's ten)")
     experiment.add_argument("--list", action="store_true", help="list the experiments and stop")
     experiment.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
     experiment.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
-    experiment.add_argument("--out", help="output directory (default: runs/experiments/NAME)")
+    experiment.add_argument("--out", help="output directory (default: runs/experiments/NAME); with several "
+                                          "experiments, OUT/NAME for each")
     experiment.add_argument("--device", help="device of every run (default: each config's)")
+    experiment.add_argument("--jobs", type=int, default=1,
+                            help="runs at once, each in its own process with its share of the CPU cores and its "
+                                 "output in its run's log.txt (default: 1)")
     experiment.add_argument("--override", action="append", metavar="KEY=VALUE",
                             help="a seglab train option set in every run, value parsed as YAML, e.g. iters=2 for a "
                                  "smoke run (then give another --out); repeatable")

@@ -209,6 +209,39 @@ def test_staged_and_evaluation_only_variants(tmp_path, monkeypatch):
         run_experiment(str(path), seeds=1, seed=2, out=out)
 
 
+def test_jobs_run_at_once_each_after_the_run_it_depends_on(tmp_path):
+    """--jobs 2 over two experiments at once (``all``'s path): staged and evaluation-only variants start after
+    the run they need has finished, each run's output goes to its log.txt, both reports are written, and a
+    rerun with one job reuses every run."""
+    path = write_experiment(tmp_path, order=["slow", "fast", "staged", "scored"],
+                            claims=[["slow", "fast"]], eval={"model_options": {}},
+                            variants={"slow": {"train": {"lr": 1e-4}}, "fast": {"train": {"lr": 1e-2}},
+                                      "staged": {"init_from": "fast"}, "scored": {"from": "staged"}})
+    other = tmp_path / "other.yaml"
+    other.write_text(path.read_text().replace("tiny-lr", "other"))
+    outs = {str(path): tmp_path / "a", str(other): tmp_path / "b"}
+    reports = experiment_module.run_experiments(outs, seeds=2, jobs=2)
+    assert [report.splitlines()[0] for report in reports] == ["## tiny-lr: miou, 2 seeds", "## other: miou, 2 seeds"]
+    for out in outs.values():
+        for seed in (0, 1):
+            runs = {variant: out / variant / f"seed_{seed}" for variant in ("slow", "fast", "staged", "scored")}
+            assert "train" in (runs["fast"] / "log.txt").read_text()  # the trainer's progress bar
+            fast_done, staged_started = (runs["fast"] / "result.json").stat().st_mtime, (
+                runs["staged"] / "settings.json").stat().st_mtime
+            assert fast_done <= staged_started
+            assert (runs["staged"] / "result.json").stat().st_mtime <= (runs["scored"] / "result.json").stat().st_mtime
+            assert not (runs["scored"] / "last.pt").exists()
+    before = {out: json.loads((out / "results.json").read_text()) for out in outs.values()}
+    assert before[tmp_path / "a"]["variants"]["staged"]["values"] == before[tmp_path / "a"]["variants"]["scored"]["values"]
+    seglab("experiment", path, "--seeds", 2, "--out", tmp_path / "a")  # one job: nothing trained, same results
+    assert json.loads((tmp_path / "a" / "results.json").read_text()) == before[tmp_path / "a"]
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="--jobs must be a positive integer, got 0"):
+        run_experiment(str(write_experiment(tmp_path)), seeds=1, out=tmp_path / "out", jobs=0)
+
+
 @pytest.mark.parametrize("variants, extra, message", [
     ({"a": {"from": "b", "train": {"lr": 1.0}}, "b": {}}, {}, "trains nothing"),
     ({"a": {"init_from": "c"}, "b": {}}, {}, "init_from 'c' must be another variant that trains"),

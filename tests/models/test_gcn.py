@@ -64,19 +64,20 @@ def test_boundary_refinement_is_a_residual_and_identity_when_its_second_conv_is_
         torch.testing.assert_close(block(x), x, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("depth", [50, 101])
+@pytest.mark.parametrize("depth", [18, 50, 101])
 def test_full_size_parameter_count_follows_from_the_layer_shapes(depth):
     classes, k = 21, 15
     with torch.device("meta"):
         resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-    backbone = sum(p.numel() for p in resnet.parameters()) - (2048 * 1000 + 1000)  # minus fc
-    gcns = sum(gcn_parameters(c, classes, k) for c in (256, 512, 1024, 2048))
+    width = resnet.fc.in_features  # 512 with basic blocks, 2048 with bottlenecks
+    backbone = sum(p.numel() for p in resnet.parameters()) - (width * 1000 + 1000)  # minus fc
+    gcns = sum(gcn_parameters(c, classes, k) for c in (width // 8, width // 4, width // 2, width))
     brs = 9 * 2 * (classes * classes * 9 + classes)  # 4 on the stages + 5 in the decoder
     deconvs = 5 * classes * classes * 4 * 4  # 4×4 kernels, no bias
     assert models.count_parameters(f"gcn_resnet{depth}", classes) == backbone + gcns + brs + deconvs
 
 
-@pytest.mark.parametrize("name", ["gcn_resnet50", "gcn_resnet101"])
+@pytest.mark.parametrize("name", ["gcn_resnet18", "gcn_resnet50", "gcn_resnet101"])
 def test_without_boundary_refinement_the_nine_br_blocks_and_their_parameters_are_gone(name):
     """The BR ablation: the registry option reaches the builder, 9·2·(C·C·9 + C) parameters fewer (full size),
     every br/br_fuse an Identity, and the output keeps the input size."""

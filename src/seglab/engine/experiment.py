@@ -41,12 +41,18 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import redirect_stderr, redirect_stdout
+from functools import partial
 from pathlib import Path
 
+import torch
 from scipy import stats
-
 from torch.utils.data import Subset
+from tqdm import tqdm
 
 from .. import report, viz
 from ..crf import PRESETS
@@ -331,33 +337,109 @@ def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
     return result
 
 
-def run_experiment(name: str, seeds: int = 3, seed: int = 0, out: str | Path | None = None,
-                   device: str | None = None, overrides: dict | None = None) -> str:
-    """``seglab experiment NAME``: every variant for seeds ``seed`` … ``seed + seeds − 1`` (a seed's variants
-    one after another, so a stopped suite has compared as many seeds as it finished), each run's training
-    config with ``overrides`` on top (e.g. ``{"iters": 2}`` for a smoke run); writes ``OUT/results.json``,
-    ``OUT/report.md``, ``OUT/report.html`` and ``OUT/figure.png`` (default OUT: runs/experiments/NAME) and
-    returns the Markdown report."""
-    spec = load_experiment(experiment_path(name))
+def run_experiments(experiments: dict[str, str | Path | None], seeds: int = 3, seed: int = 0,
+                    device: str | None = None, overrides: dict | None = None, jobs: int = 1) -> list[str]:
+    """``seglab experiment NAME`` (or ``all``): every variant of each experiment (a name → its OUT, default
+    runs/experiments/NAME) for seeds ``seed`` … ``seed + seeds − 1``, each run's training config with
+    ``overrides`` on top (e.g. ``{"iters": 2}`` for a smoke run); writes ``OUT/results.json``, ``OUT/report.md``,
+    ``OUT/report.html`` and ``OUT/figure.png`` per experiment and returns the Markdown reports.
+
+    Runs go in order (experiment, seed, variant), so a stopped suite has compared as many seeds as it finished;
+    ``jobs`` > 1 runs that many at once, each in a process of its own with the CPU's cores shared out and its
+    output in its run's ``log.txt``, a run starting once the run it starts from or scores has finished."""
     if seeds < 1:
         raise ValueError(f"--seeds must be a positive integer, got {seeds}")
-    out = Path(out or Path("runs/experiments") / spec["experiment"])
-    variants = {variant: {"values": [], "seconds": [], "also": {name: [] for name in spec.get("also", [])}}
-                for variant in spec["order"]}
-    for current in range(seed, seed + seeds):
-        for variant in spec["order"]:
-            result = run_one(spec, variant, current, out, device, overrides)
-            variants[variant]["values"].append(result["value"])
-            variants[variant]["seconds"].append(result["seconds"])
-            for extra, values in variants[variant]["also"].items():
-                values.append(result["also"][extra])
+    if jobs < 1:
+        raise ValueError(f"--jobs must be a positive integer, got {jobs}")
+    specs = {}
+    for name, out in experiments.items():
+        spec = load_experiment(experiment_path(name))
+        specs[name] = (spec, Path(out or Path("runs/experiments") / spec["experiment"]))
+    seed_range, reports = range(seed, seed + seeds), {}
+    keys = [(name, variant, current) for name, (spec, _) in specs.items() for current in seed_range
+            for variant in spec["order"]]
+
+    def report_on(name, made):  # as soon as an experiment's runs are made
+        spec, out = specs[name]
+        reports[name] = write_results(spec, out, {variant: [made[name, variant, current] for current in seed_range]
+                                                  for variant in spec["order"]}, list(seed_range))
+        tqdm.write(reports[name])
+
+    schedule_runs(specs, keys, device, overrides, jobs, report_on)
+    return [reports[name] for name in specs]
+
+
+def run_experiment(name: str, seeds: int = 3, seed: int = 0, out: str | Path | None = None,
+                   device: str | None = None, overrides: dict | None = None, jobs: int = 1) -> str:
+    """One experiment's :func:`run_experiments`: its Markdown report."""
+    return run_experiments({name: out}, seeds, seed, device, overrides, jobs)[0]
+
+
+def schedule_runs(specs: dict, keys: list[tuple], device: str | None, overrides: dict | None, jobs: int,
+              report_on) -> None:
+    """The runs ``keys`` (experiment, variant, seed), ``jobs`` at a time, each started in order once the run it
+    depends on (``init_from``, ``from``) has finished; ``report_on(experiment, made)`` once all of an
+    experiment's are made (``made``: each key's :func:`run_one` result)."""
+    def upstream(key):
+        name, variant, current = key
+        settings = specs[name][0]["variants"][variant]
+        source = settings.get("from") or settings.get("init_from")
+        return None if source is None else (name, source, current)
+
+    def start(key, runner):
+        name, variant, current = key
+        spec, out = specs[name]
+        return runner(spec, variant, current, out, device, overrides)
+
+    made, bar = {}, tqdm(total=len(keys), desc="runs", unit="run", dynamic_ncols=True)
+
+    def record(key, result):
+        made[key] = result
+        bar.update(1)
+        if all(other in made for other in keys if other[0] == key[0]):
+            report_on(key[0], made)
+
+    if jobs == 1:
+        for key in keys:
+            record(key, start(key, run_one))
+        bar.close()
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+    pending, running = list(keys), {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        while pending or running:
+            for key in [key for key in pending if upstream(key) in (None, *made)][:jobs - len(running)]:
+                pending.remove(key)
+                running[start(key, partial(pool.submit, run_logged))] = key
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                record(running.pop(future), future.result())  # a failed run's error, after the others finish
+    bar.close()
+
+
+def run_logged(spec: dict, variant: str, seed: int, out: Path, device: str | None, overrides: dict | None) -> dict:
+    """:func:`run_one` with its output (progress bars, messages) appended to the run's ``log.txt``."""
+    log = out / variant / f"seed_{seed}" / "log.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as stream, redirect_stdout(stream), redirect_stderr(stream):
+        return run_one(spec, variant, seed, out, device, overrides)
+
+
+def write_results(spec: dict, out: Path, made: dict[str, list[dict]], seeds: list[int]) -> str:
+    """``out/results.json``, ``report.md``, ``report.html`` and ``figure.png`` of an experiment's runs (per
+    variant, :func:`run_one`'s results, one per seed); returns the Markdown report."""
+    variants = {variant: {"values": [result["value"] for result in results],
+                          "seconds": [result["seconds"] for result in results],
+                          "also": {name: [result["also"][name] for result in results] for name in spec.get("also", [])}}
+                for variant, results in made.items()}
     results = {"experiment": spec["experiment"], "metric": spec["metric"], "higher_is_better": True,
-               "seeds": list(range(seed, seed + seeds)), "variants": variants}
+               "seeds": seeds, "variants": variants}
     write_json(out / "results.json", results)
     variant_table, claim_table = variant_rows(spec, results), claim_rows(spec, results)
     text = markdown_report(spec, results, variant_table, claim_table)
     (out / "report.md").write_text(text + "\n")
-    count = len(results["seeds"])
+    count = len(seeds)
     viz.plot_experiment({variant: variants[variant]["values"] for variant in spec["order"]}, spec["metric"],
                         f"{spec['experiment']} ({count} seed{'s' * (count > 1)})", out / "figure.png")
     report.experiment_report(out, f"seglab experiment {spec['experiment']}", spec.get("paper", ""),

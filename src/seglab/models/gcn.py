@@ -125,6 +125,14 @@ _PAPER = "Peng et al., Large Kernel Matters — Improve Semantic Segmentation by
          "(arXiv:1703.02719)"
 
 
+@register("gcn_resnet18", task="semantic", paper=_PAPER)
+@options_of(_build)
+def gcn_resnet18(num_classes: int, **options) -> GlobalConvNet:
+    """GCN + BR on ResNet-18 (basic blocks: a small model for CPU experiments), k = 15, output stride 32
+    (options: see ``_build``)."""
+    return _build(18, num_classes, **options)
+
+
 @register("gcn_resnet50", task="semantic", paper=_PAPER)
 @options_of(_build)
 def gcn_resnet50(num_classes: int, **options) -> GlobalConvNet:

@@ -264,10 +264,11 @@ def _pool(input: Tensor, rois: Tensor, pooled: tuple[int, int], spatial_scale: f
 
 class _BinMax(torch.autograd.Function):
     """RoIPool's bin maxima (K, C, ph, pw), channels-last in memory, of (N, C, H, W) ``input``; the other
-    arguments are :func:`_pool_chunk`'s for all K RoIs, and ``pixels`` (K,) their bins' pixel totals. Forward keeps the element of ``input`` each (bin,
-    channel) maximum comes from — the first in row-major order, as torchvision — so backward is one
-    ``index_add`` (the whole gradient goes there) and nothing is recomputed. ``embedding_bag``'s max mode
-    runs on one thread, so the chunks go to ``torch.get_num_threads()`` Python threads (it releases the GIL).
+    arguments are :func:`_pool_chunk`'s for all K RoIs, and ``pixels`` (K,) their bins' pixel totals. Forward
+    keeps the pixel (a row of the channels-last (N·H·W, C) table) each (bin, channel) maximum comes from — the
+    first in row-major order, as torchvision — so backward is one ``scatter_add`` (the whole gradient goes
+    there) and nothing is recomputed. ``embedding_bag``'s max mode runs on one thread, so the chunks go to
+    ``torch.get_num_threads()`` Python threads (it releases the GIL).
     """
 
     @staticmethod
@@ -277,7 +278,7 @@ class _BinMax(torch.autograd.Function):
         bins = pooled_h * pooled_w
         table = _channels_last_table(input.detach())  # worker threads may have grad mode on
         out = table.new_empty(k * bins, channels)
-        wide = input.numel() >= 2**31 - 1  # int32 indices where they fit, as torchvision's argmax
+        wide = input.numel() >= 2**31 - 1  # int32 where backward's indices into the map fit, as torchvision's
         argmax = torch.empty(k * bins, channels, dtype=torch.int64 if wide else torch.int32, device=input.device)
         per_roi = pixels + bins * channels
         workers = torch.get_num_threads() if input.device.type == "cpu" else 1
@@ -285,24 +286,31 @@ class _BinMax(torch.autograd.Function):
 
         def pool(chunk):
             a, b = chunk
-            values, element = _pool_chunk(table, image[a:b], y0[a:b], x0[a:b], cols[a:b], area[a:b], (height, width))
-            out[a * bins:b * bins], argmax[a * bins:b * bins] = values, element
+            values, row = _pool_chunk(table, image[a:b], y0[a:b], x0[a:b], cols[a:b], area[a:b], (height, width))
+            out[a * bins:b * bins], argmax[a * bins:b * bins] = values, row
 
         if workers > 1 and len(chunks) > 1:
             list(_pool_threads(workers).map(pool, chunks))
         else:
             for chunk in chunks:
                 pool(chunk)
-        ctx.save_for_backward(argmax)
+        ctx.save_for_backward(argmax, image)
         ctx.input_shape = input.shape
         return out.view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
-        (argmax,) = ctx.saved_tensors
+        argmax, image = ctx.saved_tensors
+        batch, channels, height, width = ctx.input_shape
+        plane, total = height * width, ctx.input_shape.numel()
         grad = grad.permute(0, 2, 3, 1).reshape(-1)  # (K, ph, pw, C): the order of ``argmax``
-        total = ctx.input_shape.numel()
-        grad_input = grad.new_zeros(total + 1).index_add_(0, argmax.view(-1), grad)  # + one for the empty bins
+        empty = argmax[:, 0] == batch * plane  # bins outside the map, for every channel
+        # the table's row (n, y, x) -> the index in the (N, C, H, W) map, in argmax's dtype (int32 where it fits)
+        element = argmax + torch.arange(channels, device=grad.device, dtype=argmax.dtype) * plane
+        offset = image.repeat_interleave(argmax.shape[0] // image.numel()) * ((channels - 1) * plane)
+        element.add_(offset.to(argmax.dtype)[:, None])
+        element[empty] = total
+        grad_input = grad.new_zeros(total + 1).index_add_(0, element.view(-1), grad)  # + one for the empty bins
         return grad_input[:total].view(ctx.input_shape), None, None, None, None, None, None
 
 
@@ -332,8 +340,8 @@ def _pool_bins(start: Tensor, length: Tensor, pooled: int, limit: int, dtype) ->
 def _pool_chunk(table, image, y0, x0, cols, area, size) -> tuple[Tensor, Tensor]:
     """RoIPool of a chunk of K RoIs on ``table`` (N·H·W, C) of maps of ``size`` (H, W): one max-mode
     ``embedding_bag`` bag per bin over its pixels in row-major order. Returns the bin maxima (K·ph·pw, C)
-    and the index of each in the (N, C, H, W) map flattened; an empty bin (outside the map) gives 0 and
-    index N·C·H·W, past the map."""
+    and the row of ``table`` (the pixel) each comes from; an empty bin (outside the map) gives 0 and row
+    N·H·W, past the map."""
     k, pooled_h = y0.shape
     pooled_w = x0.shape[1]
     height, width = size
@@ -353,10 +361,8 @@ def _pool_chunk(table, image, y0, x0, cols, area, size) -> tuple[Tensor, Tensor]
     offsets = torch.cat([first, counts.sum().view(1)])
     # mode 2 is max; ties keep the first maximum (a strict comparison), as torchvision
     values, _, _, row = torch.embedding_bag(table, index, offsets, False, 2, False, None, True)
-    channels = table.shape[1]
-    element = row.add_(torch.arange(channels, device=device) * plane)  # in place: (bins, C) is large
-    element.add_(image.repeat_interleave(pooled_h * pooled_w)[:, None] * ((channels - 1) * plane))
-    return values, element.masked_fill_(counts[:, None] == 0, table.numel())  # embedding_bag gives row 0 there
+    row[counts == 0] = table.shape[0]  # embedding_bag gives row 0 there
+    return values, row
 
 
 class RoIAlign(nn.Module):
