@@ -15,12 +15,15 @@ import torch
 import torchvision
 
 
-def arguments(doc: str) -> argparse.Namespace:
-    """``--repeats``, ``--threads`` (applied here) and the hidden ``--memory-worker SPEC``."""
+def arguments(doc: str, add=None) -> argparse.Namespace:
+    """``--repeats``, ``--threads`` (applied here), the hidden ``--memory-worker SPEC`` and what ``add(parser)``
+    adds."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    if add is not None:
+        add(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     return args

@@ -7,7 +7,7 @@ Forward and forward+backward (sum of outputs), median of ``--repeats`` interleav
 warm-up; extra peak memory (VmHWM above the resident size once inputs exist) in a fresh process per
 implementation and workload.
 
-    python benchmarks/roi.py [--repeats 5] [--threads 2]
+    python benchmarks/roi.py [--repeats 5] [--threads 2] [--ops roi_align roi_pool]
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import torchvision
 import peers
 from seglab import ops
 
+OPS = ("roi_align", "roi_pool")
 WORKLOADS = [("roi_align", 7, 2), ("roi_align", 7, -1), ("roi_align", 14, 2), ("roi_align", 14, -1),
              ("roi_pool", 7, None), ("roi_pool", 14, None)]
 
@@ -46,7 +47,8 @@ def run(impl: str, op: str, size: int, sampling: int | None, features, boxes, ba
 
 
 def main() -> None:
-    args = peers.arguments(__doc__)
+    args = peers.arguments(__doc__, lambda parser: parser.add_argument(
+        "--ops", nargs="+", choices=OPS, default=list(OPS), help="the ops to time (default: both)"))
     features, boxes = load()
     if args.memory_worker:
         impl, op, size, sampling, backward = json.loads(args.memory_worker)
@@ -55,7 +57,7 @@ def main() -> None:
     print("| op | output | sampling | pass | seglab (s) | torchvision (s) | ratio (seglab / peer) | "
           "seglab extra peak (MiB) | torchvision extra peak (MiB) |")
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
-    for op, size, sampling in WORKLOADS:
+    for op, size, sampling in [workload for workload in WORKLOADS if workload[0] in args.ops]:
         for backward in (False, True):
             times = peers.interleaved_medians(
                 {impl: lambda impl=impl: run(impl, op, size, sampling, features, boxes, backward)

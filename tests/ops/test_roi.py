@@ -86,6 +86,10 @@ def test_float32_list_boxes_and_modules_match_torchvision(features):
     torch.testing.assert_close(RoIPool((4, 3), 0.5)(x, per_image), torchvision.ops.RoIPool((4, 3), 0.5)(x, per_image))
     empty = torch.zeros(0, 5)
     assert roi_align(x, empty, 7).shape == (0, 5, 7, 7) and roi_pool(x, empty, 7).shape == (0, 5, 7, 7)
+    for op in (roi_align, roi_pool):  # no boxes (an FPN level without RoIs) add nothing to the gradient
+        leaf = x.clone().requires_grad_()
+        (op(leaf, empty, 7).sum() + leaf.sum()).backward()
+        torch.testing.assert_close(leaf.grad, torch.ones_like(x), rtol=0, atol=0)
 
 
 def test_chunked_gathers_give_the_same_result(features, monkeypatch):

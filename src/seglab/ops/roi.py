@@ -295,7 +295,7 @@ class _BinMax(torch.autograd.Function):
             for chunk in chunks:
                 pool(chunk)
         ctx.save_for_backward(argmax, image)
-        ctx.input_shape = input.shape
+        ctx.input_shape, ctx.bins = input.shape, bins
         return out.view(k, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
 
     @staticmethod
@@ -307,7 +307,7 @@ class _BinMax(torch.autograd.Function):
         empty = argmax[:, 0] == batch * plane  # bins outside the map, for every channel
         # the table's row (n, y, x) -> the index in the (N, C, H, W) map, in argmax's dtype (int32 where it fits)
         element = argmax + torch.arange(channels, device=grad.device, dtype=argmax.dtype) * plane
-        offset = image.repeat_interleave(argmax.shape[0] // image.numel()) * ((channels - 1) * plane)
+        offset = image.repeat_interleave(ctx.bins) * ((channels - 1) * plane)
         element.add_(offset.to(argmax.dtype)[:, None])
         element[empty] = total
         grad_input = grad.new_zeros(total + 1).index_add_(0, element.view(-1), grad)  # + one for the empty bins
