@@ -237,6 +237,16 @@ def test_jobs_run_at_once_each_after_the_run_it_depends_on(tmp_path):
     assert json.loads((tmp_path / "a" / "results.json").read_text()) == before[tmp_path / "a"]
 
 
+def test_several_experiments_in_one_call_go_under_out_by_name(tmp_path):
+    path = write_experiment(tmp_path)
+    other = tmp_path / "other.yaml"
+    other.write_text(path.read_text().replace("tiny-lr", "other"))
+    printed = seglab("experiment", path, other, "--seeds", 1, "--out", tmp_path / "out").stdout
+    for name in ("tiny-lr", "other"):
+        assert json.loads((tmp_path / "out" / name / "results.json").read_text())["experiment"] == name
+        assert (tmp_path / "out" / name / "report.md").read_text() in printed + "\n"
+
+
 def test_jobs_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="--jobs must be a positive integer, got 0"):
         run_experiment(str(write_experiment(tmp_path)), seeds=1, out=tmp_path / "out", jobs=0)
