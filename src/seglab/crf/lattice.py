@@ -201,12 +201,6 @@ class LatticeFilter:
     Each stage is a weighted gather (``F.embedding_bag`` in sum mode), differentiable in ``x`` and in
     the weights. ``LatticeFilter.sum`` merges filters over the same points into one that returns the sum
     of their outputs with one splat and one slice pass.
-
-    Without autograd every stage writes into buffers the filter keeps (the returned (P, C) tensor is one of
-    them, overwritten by the next call): the stages' outputs of a large image are tens of MB each, above
-    glibc's mmap threshold, so fresh ones would be new mappings whose page faults cost more than the
-    gathers. The gathers then run in chunks of rows whose outputs stay small enough to be reused by the
-    allocator, each copied into its place.
     """
 
     def __init__(self, splat_point, splat_offsets, splat_weight, blur_index, blur_weight, slice_vertex,
@@ -215,7 +209,6 @@ class LatticeFilter:
         self.blur_index, self.blur_weight = blur_index, blur_weight  # one (D, V, 3) pair per part
         self.slice_vertex, self.slice_weight = slice_vertex, slice_weight
         self.parts = parts or [splat_offsets.numel()]  # vertices of each lattice, in order
-        self._buffers: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
 
     @staticmethod
     def sum(filters: list["LatticeFilter"]) -> "LatticeFilter":
@@ -235,13 +228,6 @@ class LatticeFilter:
                              [p for f in filters for p in f.parts])
 
     def apply(self, values: Tensor) -> Tensor:
-        """(P, C) -> (P, C): the filtered values (without autograd, a kept buffer: see the class)."""
-        weights = (self.splat_weight, self.slice_weight, *self.blur_weight)
-        if torch.is_grad_enabled() and (values.requires_grad or any(w.requires_grad for w in weights)):
-            return self._apply_autograd(values)
-        return self._apply_buffered(values)
-
-    def _apply_autograd(self, values: Tensor) -> Tensor:
         vertices = F.embedding_bag(self.splat_point, values, self.splat_offsets, mode="sum",
                                    per_sample_weights=self.splat_weight)
         blurred = []
@@ -251,45 +237,3 @@ class LatticeFilter:
             blurred.append(part)
         vertices = torch.cat(blurred) if len(blurred) > 1 else blurred[0]
         return F.embedding_bag(self.slice_vertex, vertices, mode="sum", per_sample_weights=self.slice_weight)
-
-    def _apply_buffered(self, values: Tensor) -> Tensor:
-        channels = values.shape[1]
-        key = (channels, values.dtype, values.device)
-        if key not in self._buffers:
-            vertices = sum(self.parts)
-            self._buffers[key] = (values.new_empty(vertices, channels), values.new_empty(vertices, channels),
-                                  values.new_empty(self.slice_vertex.shape[0], channels))
-        current, spare, out = self._buffers[key]
-        rows = _chunk_rows(channels, values.element_size())
-        offsets, entries = self.splat_offsets, self.splat_point.numel()
-        for start in range(0, offsets.numel(), rows):  # splat: bags of varying size
-            stop = min(start + rows, offsets.numel())
-            first, last = int(offsets[start]), int(offsets[stop]) if stop < offsets.numel() else entries
-            current[start:stop] = F.embedding_bag(self.splat_point[first:last], values, offsets[start:stop] - first,
-                                                  mode="sum", per_sample_weights=self.splat_weight[first:last])
-        begin = 0
-        for size, index, weight in zip(self.parts, self.blur_index, self.blur_weight):
-            source, target = current[begin:begin + size], spare[begin:begin + size]
-            for direction, direction_weight in zip(index, weight):
-                _gather_into(target, direction, direction_weight, source, rows)
-                source, target = target, source
-            if source.data_ptr() != current[begin:begin + size].data_ptr():  # an odd number of directions
-                current[begin:begin + size] = source
-            begin += size
-        _gather_into(out, self.slice_vertex, self.slice_weight, current, rows)
-        return out
-
-
-_CHUNK_BYTES = 1 << 22  # a buffered gather's output per chunk: small enough for the allocator to reuse
-
-
-def _chunk_rows(channels: int, element_size: int) -> int:
-    """Rows of a (rows, channels) chunk of about ``_CHUNK_BYTES``."""
-    return max(1, _CHUNK_BYTES // (channels * element_size))
-
-
-def _gather_into(out: Tensor, index: Tensor, weight: Tensor, table: Tensor, rows: int) -> None:
-    """``out[i] = Σ_j weight[i, j] · table[index[i, j]]`` for (R, k) ``index`` and ``weight``, ``rows`` at a time."""
-    for start in range(0, index.shape[0], rows):
-        stop = start + rows
-        out[start:stop] = F.embedding_bag(index[start:stop], table, mode="sum", per_sample_weights=weight[start:stop])
