@@ -244,6 +244,11 @@ def evaluate_run(run_dir: Path, options: dict, device: str | None, out: Path) ->
     return task.summary(result)
 
 
+def source_of(variant: dict) -> str | None:
+    """The variant a variant's run starts from (``init_from``) or scores (``from``), if any."""
+    return variant.get("from") or variant.get("init_from")
+
+
 def metrics_of(spec: dict) -> list[str]:
     """The metrics an experiment reports: ``metric``, then each of ``also``."""
     return [spec["metric"], *spec.get("also", [])]
@@ -301,7 +306,7 @@ def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
     cached = json.loads(done.read_text()) if done.is_file() else None
     if cached is not None:
         _check_reuse(run_dir, cached.get("settings"), current, "finished run")
-    source, upstream = settings.get("from") or settings.get("init_from"), None
+    source, upstream = source_of(settings), None
     if source is not None:  # the run it starts from or scores: {"variant", "value", "seconds"}
         made = run_one(spec, source, seed, out, device, overrides)
         upstream = {"variant": source, "value": made["value"], "seconds": made["seconds"]}
@@ -376,46 +381,43 @@ def run_experiment(name: str, seeds: int = 3, seed: int = 0, out: str | Path | N
 
 
 def schedule_runs(specs: dict, keys: list[tuple], device: str | None, overrides: dict | None, jobs: int,
-              report_on) -> None:
+                  report_on) -> None:
     """The runs ``keys`` (experiment, variant, seed), ``jobs`` at a time, each started in order once the run it
     depends on (``init_from``, ``from``) has finished; ``report_on(experiment, made)`` once all of an
     experiment's are made (``made``: each key's :func:`run_one` result)."""
-    def upstream(key):
+    def ready(key):  # the run it depends on, if any, is made
         name, variant, current = key
-        settings = specs[name][0]["variants"][variant]
-        source = settings.get("from") or settings.get("init_from")
-        return None if source is None else (name, source, current)
+        source = source_of(specs[name][0]["variants"][variant])
+        return source is None or (name, source, current) in made
 
     def start(key, runner):
         name, variant, current = key
         spec, out = specs[name]
         return runner(spec, variant, current, out, device, overrides)
 
-    made, bar = {}, tqdm(total=len(keys), desc="runs", unit="run", dynamic_ncols=True)
+    made = {}
+    with tqdm(total=len(keys), desc="runs", unit="run", dynamic_ncols=True) as bar:
+        def record(key, result):
+            made[key] = result
+            bar.update(1)
+            if all(other in made for other in keys if other[0] == key[0]):
+                report_on(key[0], made)
 
-    def record(key, result):
-        made[key] = result
-        bar.update(1)
-        if all(other in made for other in keys if other[0] == key[0]):
-            report_on(key[0], made)
-
-    if jobs == 1:
-        for key in keys:
-            record(key, start(key, run_one))
-        bar.close()
-        return
-    threads = max(1, len(os.sched_getaffinity(0)) // jobs)
-    pending, running = list(keys), {}
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        while pending or running:
-            for key in [key for key in pending if upstream(key) in (None, *made)][:jobs - len(running)]:
-                pending.remove(key)
-                running[start(key, partial(pool.submit, run_logged))] = key
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                record(running.pop(future), future.result())  # a failed run's error, after the others finish
-    bar.close()
+        if jobs == 1:
+            for key in keys:
+                record(key, start(key, run_one))
+            return
+        threads = max(1, len(os.sched_getaffinity(0)) // jobs)
+        pending, running = list(keys), {}
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            while pending or running:
+                for key in [key for key in pending if ready(key)][:jobs - len(running)]:
+                    pending.remove(key)
+                    running[start(key, partial(pool.submit, run_logged))] = key
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    record(running.pop(future), future.result())  # a failed run's error, after the others finish
 
 
 def run_logged(spec: dict, variant: str, seed: int, out: Path, device: str | None, overrides: dict | None) -> dict:

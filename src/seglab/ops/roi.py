@@ -266,8 +266,8 @@ class _BinMax(torch.autograd.Function):
     """RoIPool's bin maxima (K, C, ph, pw), channels-last in memory, of (N, C, H, W) ``input``; the other
     arguments are :func:`_pool_chunk`'s for all K RoIs, and ``pixels`` (K,) their bins' pixel totals. Forward
     keeps the pixel (a row of the channels-last (N·H·W, C) table) each (bin, channel) maximum comes from — the
-    first in row-major order, as torchvision — so backward is one ``scatter_add`` (the whole gradient goes
-    there) and nothing is recomputed. ``embedding_bag``'s max mode runs on one thread, so the chunks go to
+    first in row-major order, as torchvision — so backward maps those rows to positions in the map and is one
+    ``index_add`` (the whole gradient goes there); nothing is recomputed. ``embedding_bag``'s max mode runs on one thread, so the chunks go to
     ``torch.get_num_threads()`` Python threads (it releases the GIL).
     """
 
