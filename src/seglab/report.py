@@ -140,7 +140,7 @@ def experiment_report(out_dir: str | Path, title: str, paper: str, columns: Sequ
                  "tables": [{"columns": list(columns), "rows": variants}],
                  "figures": [("the metric per variant: one dot per seed, the bar their mean",
                               png_uri(lambda file: file.write((Path(out_dir) / figure).read_bytes())))]},
-                {"heading": "The paper's direction", "note": "each variant against the one before it",
+                {"heading": "The paper's direction", "note": "each claim of the paper: the variant it says is better against the other",
                  "tables": [{"columns": ["claim", "holds here", "in seeds", "Welch p"], "rows": claims}],
                  "figures": []}]
     return _render(out_dir, title, sections, None, None)
