@@ -122,10 +122,11 @@ class _Recorder:
 
 
 @contextlib.contextmanager
-def _replacing(path: Path):
+def _replacing(path: Path, durable: bool = True):
     """A binary file to write that replaces ``path`` (created with its folder) only once the block completes:
-    a temporary file beside it, fsync'd, then renamed; removed instead when the block raises. A write that
-    fails (disk full, read-only folder) raises ``CheckpointWriteError``."""
+    a temporary file beside it, fsync'd (``durable``: the new file survives a power loss too), then renamed;
+    removed instead when the block raises. A write that fails (disk full, read-only folder) raises
+    ``CheckpointWriteError``."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +140,8 @@ def _replacing(path: Path):
                     raise
                 raise recorder.error from error
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as error:
         if tmp is not None:
@@ -225,9 +227,32 @@ def json_text(value, indent: int | None = None) -> str:
 
 
 def write_json(path: str | Path, value, indent: int | None = 2) -> Path:
-    """Write ``value`` to ``path`` as ``json_text`` (NaN as ``null``), e.g. ``metrics.json``."""
+    """Write ``value`` to ``path`` as ``json_text`` (NaN as ``null``), e.g. ``metrics.json``, whole or not at all
+    (as ``save_image``)."""
     path = Path(path)
-    path.write_text(json_text(value, indent))
+    with _replacing(path, durable=False) as f:
+        f.write(json_text(value, indent).encode())
+    return path
+
+
+def save_image(image, path: str | Path) -> Path:
+    """Save the PIL image ``image`` to ``path`` in the format its suffix names, whole or not at all (a temporary
+    file renamed): an interrupted ``predict`` leaves no truncated file that ``--skip-existing`` takes as done."""
+    from PIL import Image
+
+    path = Path(path)
+    with _replacing(path, durable=False) as f:
+        image.save(f, format=Image.registered_extensions()[path.suffix.lower()])
+    return path
+
+
+def save_npz(path: str | Path, **arrays) -> Path:
+    """``numpy.savez_compressed(path, **arrays)``, whole or not at all (as ``save_image``)."""
+    import numpy as np
+
+    path = Path(path)
+    with _replacing(path, durable=False) as f:
+        np.savez_compressed(f, **arrays)
     return path
 
 

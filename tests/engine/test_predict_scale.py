@@ -1,5 +1,6 @@
 """Prediction at scale: folders mirrored into the output, batches that give the batch-1 results, --resize,
 --skip-existing, --save-probs, ONNX batches, and bad input refused before any work."""
+import contextlib
 import json
 
 import numpy as np
@@ -119,6 +120,32 @@ def test_skip_existing_predicts_only_inputs_with_a_missing_output_and_says_how_m
     summary = predict(model, [tmp_path / "in"], tmp_path / "out", skip_existing=True)
     assert summary.startswith("wrote 2 files") and "for 1 inputs" in summary and "skipped 2 inputs" in summary
     assert (tmp_path / "out" / "1_overlay.png").is_file() and (tmp_path / "out" / "0.png").stat().st_mtime_ns == before
+
+
+def test_an_interrupted_predict_leaves_no_truncated_file_and_skip_existing_redoes_that_input(tmp_path, monkeypatch):
+    model = semantic_model()
+    for i in range(2):
+        write_image(tmp_path / "in" / f"{i}.png", 16, 20, i)
+    real_save, saves = Image.Image.save, []
+
+    def dies_inside_the_second_overlay(image, fp, *args, **kwargs):  # saves: 0.png, 0_overlay.png, 1.png, 1_overlay
+        saves.append(fp)
+        if len(saves) == 4:
+            with contextlib.nullcontext(fp) if hasattr(fp, "write") else open(fp, "wb") as file:
+                file.write(b"\x89PNG\r\n")  # a few bytes of the file, then the process is interrupted
+            raise KeyboardInterrupt
+        return real_save(image, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", dies_inside_the_second_overlay)
+    with pytest.raises(KeyboardInterrupt):
+        predict(model, [tmp_path / "in"], tmp_path / "out", save_probs=True)
+    assert files_under(tmp_path / "out") == ["0.png", "0_overlay.png", "0_probs.npz", "1.png"]  # no temporary left
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    summary = predict(model, [tmp_path / "in"], tmp_path / "out", save_probs=True, skip_existing=True)
+    assert "for 1 inputs" in summary and "skipped 1 inputs" in summary
+    with Image.open(tmp_path / "out" / "1_overlay.png") as overlay:
+        overlay.load()  # whole
+    assert np.load(tmp_path / "out" / "1_probs.npz")["probs"].shape == (4, 16, 20)
 
 
 def test_instance_batches_detect_the_same_boxes_as_one_image_at_a_time(tmp_path):

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .. import report, viz
 from ..data.coco_format import instance_annotations
 from ..data.transforms import RandomRotate, color_jitter_transform
-from ..io import write_json
+from ..io import save_image, write_json
 from ..metrics.coco import IOU_TYPES, STAT_NAMES, coco_results, evaluate_coco, format_coco_table
 from ..models.base import model_device
 from ..models.detection import paste_masks_in_image, resize_boxes
@@ -344,8 +344,7 @@ def predict_files(model: nn.Module, paths: Iterable[inputs.Input | str | Path], 
             images = [image for _, image in batch]
             for (item, image), shown in zip(batch, _shown_batch(model, images, device, meta, score_threshold)):
                 drawing_path, records = outputs(item)
-                drawing_path.parent.mkdir(parents=True, exist_ok=True)
-                drawing(image, shown, meta).save(drawing_path)
+                save_image(drawing(image, shown, meta), drawing_path)
                 write_json(records, detection_records(shown, meta), indent=1)
                 written.files += 2
                 written.inputs += 1

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .. import data, losses, report, viz
 from ..data import cityscapes
 from ..data.transforms import IGNORE_INDEX
-from ..io import write_json
+from ..io import save_image, save_npz, write_json
 from ..metrics import SegmentationMetrics, format_table
 from ..metrics.boundary import BoundaryBandMetrics
 from ..metrics.semantic import image_miou
@@ -349,16 +349,14 @@ def predict_files(model: nn.Module, paths: Iterable[inputs.Input | str | Path], 
             for (item, image), score in zip(batch, _scores(model, [image for _, image in batch], meta, crf, resize,
                                                              inference)):
                 files = outputs(item)
-                files[0].parent.mkdir(parents=True, exist_ok=True)
                 pred = score.argmax(0)
-                viz.colorize(pred, palette).save(files[0])
-                viz.with_legend(viz.overlay(image, pred, palette), pred, meta["classes"], palette).save(files[1])
+                save_image(viz.colorize(pred, palette), files[0])
+                save_image(viz.with_legend(viz.overlay(image, pred, palette), pred, meta["classes"], palette), files[1])
                 if save_probs:
                     probs = score if crf is not None else score.softmax(0)
-                    np.savez_compressed(files[2], probs=probs.numpy().astype(np.float16))
+                    save_npz(files[2], probs=probs.numpy().astype(np.float16))
                 if result_names:
-                    files[-1].parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(cityscapes.label_ids(pred.numpy())).save(files[-1])
+                    save_image(Image.fromarray(cityscapes.label_ids(pred.numpy())), files[-1])
                 written.files += len(files)
                 written.inputs += 1
         inputs.predict_videos(todo, outputs, draw_frames, batch_size, written)
