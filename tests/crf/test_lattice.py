@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from seglab.crf import NORMALIZATIONS, LatticeFilter, PermutohedralLattice
+from seglab.crf import lattice as lattice_module
 
 H, W = 9, 11
 
@@ -91,6 +92,28 @@ def test_lattice_filter_sum_equals_sum_of_filters():
     combined = LatticeFilter.sum([f1, f2]).apply(x)
     torch.testing.assert_close(combined, f1.apply(x) + f2.apply(x), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(LatticeFilter.sum([f1]).apply(x), f1.apply(x), rtol=0, atol=0)
+
+
+def test_building_and_slicing_block_by_block_equals_all_at_once(monkeypatch):
+    """The lattice's simplices and codes computed over blocks of points (a large image's) are exactly those
+    computed at once; ``accumulate`` (in place, sliced by blocks) adds what ``apply`` returns, and −apply·M."""
+    rng = np.random.default_rng(5)
+    features = torch.from_numpy(np.stack([bilateral(rng.integers(0, 256, (H, W, 3)).astype(float))] * 2)).float()
+    features[1] += 0.3  # two sets, so the set index enters the codes
+    whole = PermutohedralLattice(features)
+    monkeypatch.setattr(lattice_module, "_BUILD_BLOCK", 7)  # 2·99 + 2 padding points: 29 blocks
+    blocked = PermutohedralLattice(features)
+    for name in ("_splat_point", "_splat_offsets", "_splat_bary", "_slice_vertex", "_slice_bary", "_blur_index",
+                 "_blur_weight"):
+        torch.testing.assert_close(getattr(blocked, name), getattr(whole, name), rtol=0, atol=0)
+
+    monkeypatch.setattr(lattice_module, "_SLICE_BLOCK", 10)
+    filter_ = whole.kernel("symmetric", torch.float64, weight=2.0)
+    x, start = torch.from_numpy(rng.random((2 * H * W, 3))), torch.from_numpy(rng.standard_normal((2 * H * W, 3)))
+    matrix = torch.from_numpy(rng.standard_normal((3, 3)))
+    torch.testing.assert_close(filter_.accumulate(x, start.clone()), start + filter_.apply(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(filter_.accumulate(x, start.clone(), matrix), start - filter_.apply(x) @ matrix,
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("pad_multiple", [1, 4])

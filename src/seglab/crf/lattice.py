@@ -22,6 +22,8 @@ __all__ = ["NORMALIZATIONS", "PermutohedralLattice", "LatticeFilter"]
 NORMALIZATIONS = ("symmetric", "after", "before", "none")
 
 _MAX_CODE = 2**62  # mixed-radix vertex codes must stay inside int64
+_SLICE_BLOCK = 2**15  # points sliced at once by LatticeFilter.accumulate: a few MB, reused by the allocator
+_BUILD_BLOCK = 2**15  # points whose simplices and vertex codes PermutohedralLattice computes at once
 
 
 def _elevate(features: Tensor) -> Tensor:
@@ -61,6 +63,27 @@ def _enclosing_simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return v.long() + wrap, rank, bary
 
 
+def _vertex_codes(m: Tensor, rank: Tensor, set_offset: Tensor, low: Tensor, stride: Tensor) -> Tensor:
+    """(P, d+1) int64 codes r + (d+1)·Q of each point's simplex vertices (``PermutohedralLattice``): ``m``, ``rank``
+    from :func:`_enclosing_simplex`, ``set_offset`` (P,) the set's place in the mixed radix, ``low`` the
+    smallest q_i, ``stride`` (d,) the radix's place values."""
+    d = stride.numel()
+    base = ((m[:, :d] - low) * stride).sum(1) + set_offset
+    stride_by_rank = torch.zeros_like(rank).scatter_(1, rank, torch.cat([stride, stride.new_zeros(1)]).expand_as(rank))
+    dropped = torch.cat([torch.zeros_like(base)[:, None], stride_by_rank.flip(1)[:, :-1].cumsum(1)], 1)
+    return torch.arange(d + 1, device=m.device) + (d + 1) * (base[:, None] - dropped)
+
+
+def _by_blocks(fn, *tensors: Tensor):
+    """``fn`` on blocks of ``_BUILD_BLOCK`` rows of ``tensors``, its tensor (or tuple of tensors) results
+    concatenated: a block's temporaries are small enough for the allocator to reuse, where a large image's
+    (P, d+1) temporaries would each be a fresh mapping whose page faults cost more than the arithmetic."""
+    results = [fn(*block) for block in zip(*(t.split(_BUILD_BLOCK) for t in tensors))]
+    if isinstance(results[0], Tensor):
+        return torch.cat(results)
+    return tuple(torch.cat(parts) for parts in zip(*results))
+
+
 class PermutohedralLattice:
     """The lattice of B feature sets of N points each; ``operators()`` gives the Gaussian filter on it.
 
@@ -82,14 +105,13 @@ class PermutohedralLattice:
         if padded:  # all-zero points share one simplex: one per set is enough
             features = torch.cat([features, features.new_zeros(batch, 1, d)], 1)
         points = features.shape[1]
-        m, rank, bary = _enclosing_simplex(_elevate(features.reshape(-1, d)))
+        m, rank, bary = _by_blocks(lambda block: _enclosing_simplex(_elevate(block)), features.reshape(-1, d))
 
         # Vertex r of a point's simplex is the remainder-r lattice point with key_i = (d+1)·q_i + r, where
         # q_i = m_i - [rank_i > d - r] (densecrf's canonical simplex). Its integer code is r + (d+1)·Q, Q
         # the mixed-radix number of (q_0 .. q_{d-1}, set index); blur neighbours move each q_i by at most 1.
-        m = m[:, :d]
-        low = m.amin(0) - 2
-        radix = m.amax(0) + 2 - low + 1
+        low = m[:, :d].amin(0) - 2
+        radix = m[:, :d].amax(0) + 2 - low + 1
         strides = [1]
         for r in radix.tolist():
             strides.append(strides[-1] * r)
@@ -98,14 +120,9 @@ class PermutohedralLattice:
             raise ValueError("lattice keys exceed int64: the features span too many filter widths "
                              "(use larger standard deviations or smaller images)")
         stride = torch.tensor(strides[:-1], device=device)
-        base = ((m - low) * stride).sum(1)
-        base += torch.arange(batch, device=device).repeat_interleave(points) * strides[-1]
-        stride_by_rank = torch.zeros_like(rank).scatter_(1, rank, torch.cat([stride, stride.new_zeros(1)]).expand_as(rank))
-        dropped = torch.cat([torch.zeros_like(base)[:, None], stride_by_rank.flip(1)[:, :-1].cumsum(1)], 1)
-        remainder = torch.arange(d + 1, device=device)
-        codes = remainder + (d + 1) * (base[:, None] - dropped)  # (P, d+1)
-        if code_range < 2**31:
-            codes = codes.int()  # sorts about twice as fast
+        code_dtype = torch.int32 if code_range < 2**31 else torch.int64  # int32 sorts about twice as fast
+        set_offset = torch.arange(batch, device=device).repeat_interleave(points) * strides[-1]
+        codes = _by_blocks(lambda *block: _vertex_codes(*block, low, stride).to(code_dtype), m, rank, set_offset)
 
         sorted_codes, order = torch.sort(codes.reshape(-1), stable=True)
         vertex_codes, vertex_of_sorted, counts = torch.unique_consecutive(
@@ -228,6 +245,27 @@ class LatticeFilter:
                              [p for f in filters for p in f.parts])
 
     def apply(self, values: Tensor) -> Tensor:
+        """(P, C) values -> (P, C) filtered values, differentiable in the values and the weights."""
+        return F.embedding_bag(self.slice_vertex, self._blurred(values), mode="sum",
+                               per_sample_weights=self.slice_weight)
+
+    def accumulate(self, values: Tensor, out: Tensor, matrix: Tensor | None = None) -> Tensor:
+        """``out += filter(values)``, or ``out -= filter(values) · matrix`` ((C, C)), in place, without autograd.
+
+        The slice is added into ``out`` block by block: a (P, C) result of a large image would be a fresh
+        mapping per call, whose page faults cost more than the slice's arithmetic.
+        """
+        vertices = self._blurred(values)
+        if matrix is not None:  # slicing is linear per point: slice(V)·M = slice(V·M)
+            vertices = -(vertices @ matrix)
+        for start in range(0, out.shape[0], _SLICE_BLOCK):
+            block = slice(start, start + _SLICE_BLOCK)
+            out[block] += F.embedding_bag(self.slice_vertex[block], vertices, mode="sum",
+                                          per_sample_weights=self.slice_weight[block])
+        return out
+
+    def _blurred(self, values: Tensor) -> Tensor:
+        """(P, C) values -> (vertices, C) splatted and blurred along every lattice direction."""
         vertices = F.embedding_bag(self.splat_point, values, self.splat_offsets, mode="sum",
                                    per_sample_weights=self.splat_weight)
         blurred = []
@@ -235,5 +273,4 @@ class LatticeFilter:
             for direction, direction_weight in zip(index, weight):
                 part = F.embedding_bag(direction, part, mode="sum", per_sample_weights=direction_weight)
             blurred.append(part)
-        vertices = torch.cat(blurred) if len(blurred) > 1 else blurred[0]
-        return F.embedding_bag(self.slice_vertex, vertices, mode="sum", per_sample_weights=self.slice_weight)
+        return torch.cat(blurred) if len(blurred) > 1 else blurred[0]

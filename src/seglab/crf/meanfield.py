@@ -173,21 +173,24 @@ def mean_field(unary: Tensor, messages, iterations: int) -> Tensor:
 
     ``messages``: (filter, M) pairs, each filter a normalised kernel K̃ (``PermutohedralLattice.kernel``);
     the update adds −filter(Q)·M, or +filter(Q) when M is None (a Potts kernel whose weight w is folded
-    into the filter: −(−w·I)·K̃Q = w·K̃Q). Without autograd the
-    score and Q live in two buffers for all iterations: a fresh (P, C) tensor of a large image is a new
-    mapping whose page faults cost more than the arithmetic.
+    into the filter: −(−w·I)·K̃Q = w·K̃Q). Without autograd the score and Q live in two buffers for all
+    iterations and each message is added into the score in place (``LatticeFilter.accumulate``): a fresh
+    (P, C) tensor of a large image is a new mapping whose page faults cost more than the arithmetic.
     """
     prior = -unary
     q = torch.softmax(prior, 1)
-    buffered = not torch.is_grad_enabled()  # autograd keeps every iteration's Q
-    score = torch.empty_like(prior) if buffered else None
+    if torch.is_grad_enabled():  # autograd keeps every iteration's Q
+        for _ in range(iterations):
+            score = prior
+            for filter_, matrix in messages:
+                message = filter_.apply(q)
+                score = score + message if matrix is None else score - message @ matrix
+            q = torch.softmax(score, 1)
+        return q
+    score = torch.empty_like(prior)
     for _ in range(iterations):
-        score = score.copy_(prior) if buffered else prior.clone()
+        score.copy_(prior)
         for filter_, matrix in messages:
-            message = filter_.apply(q)
-            if matrix is None:
-                score.add_(message)
-            else:
-                score.addmm_(message, matrix, alpha=-1)
-        q = torch.softmax(score, 1, out=q if buffered else None)
+            filter_.accumulate(q, score, matrix)
+        torch.softmax(score, 1, out=q)
     return q
