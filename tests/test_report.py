@@ -1,6 +1,6 @@
 """The HTML evaluation report: made by ``seglab eval`` from a tiny trained run, opened in headless Chromium
 (screenshot and rendered DOM), self-contained (every picture a PNG data URI), with and without the CRF side
-by side; the instance report's precision-recall curves agree with COCOeval's AP."""
+by side (and the boundary band's metrics); the instance report's precision-recall curves agree with COCOeval's AP."""
 import base64
 import io
 import json
@@ -68,7 +68,8 @@ def evaluated(tmp_path_factory):
            "padding=same", "--data", "shapes", "--image-size", 40, "--num-train", 4, "--num-val", 5, "--iters", 2,
            "--batch-size", 2, "--log-every", 1, "--out", root / "run")
     seglab("eval", "--checkpoint", root / "run", "--out", root / "eval")
-    seglab("eval", "--checkpoint", root / "run", "--crf", "--crf-iterations", 2, "--out", root / "crf")
+    seglab("eval", "--checkpoint", root / "run", "--crf", "--crf-iterations", 2, "--boundary-band", 2,
+           "--out", root / "crf")
     return root
 
 
@@ -116,6 +117,10 @@ def test_crf_report_shows_both_settings_side_by_side(evaluated):
             iou, dice = settings["iou"][name], settings["dice"][name]
             assert dice == pytest.approx(2 * iou / (1 + iou), nan_ok=True), name
     assert len(decoded_pngs(page)) == 2 * 2 + 1 + 5 * 3  # two IoU charts, two confusion matrices
+    band = metrics["boundary_band"]
+    assert band["width"] == 2 and "Boundary band (±2 px) " in page.text
+    assert (f"metric value (%) pixel accuracy {100 * band['pixel_acc']:.2f} mean accuracy {100 * band['mean_acc']:.2f}"
+            f" mIoU {100 * band['miou']:.2f}") in page.text
 
 
 def test_eval_into_an_unwritable_directory_is_a_one_line_error(evaluated):

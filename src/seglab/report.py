@@ -25,6 +25,8 @@ SEMANTIC_METRICS = {"pixel_acc": "pixel accuracy", "mean_acc": "mean accuracy", 
 SEMANTIC_PER_CLASS = {"iou": "IoU", "acc": "accuracy", "dice": "Dice/F1", "precision": "precision",
                       "recall": "recall"}
 SEMANTIC_COLUMNS = ("input", "ground truth", "prediction")
+BAND_NOTE = ("the labelled pixels within this many pixels (chessboard distance) of a ground-truth boundary or a "
+             "void pixel (DeepLab's trimap), with the CRF where it was applied")
 INSTANCE_COLUMNS = ("input", "ground truth", "prediction (score >= 0.5)")
 THUMBNAIL = 320  # gallery pictures are shrunk to fit this many pixels (keeps the file small for large images)
 
@@ -88,7 +90,8 @@ def semantic_report(out_dir: str | Path, result: dict, classes: Sequence[str], r
     Dice/F1, precision, recall), per-class IoU, accuracy, Dice/F1, precision and recall (table; IoU also as
     a bar chart), the row-normalised confusion matrix — with and without the CRF side by
     side when ``result`` has ``"without_crf"`` — training curves from ``run_dir``, the gallery of ``ranked``
-    rows (best first: the first half shown as the best images, the rest as the worst) and ``config``."""
+    rows (best first: the first half shown as the best images, the rest as the worst) and ``config``; the
+    summary metrics over the boundary band too when ``result`` has ``"boundary_band"``."""
     settings = [(" without CRF", result["without_crf"]), (" with CRF", result)] if "without_crf" in result \
         else [("", result)]
     metrics = {"columns": ["metric", *(f"value{name} (%)" for name, _ in settings)],
@@ -101,8 +104,14 @@ def semantic_report(out_dir: str | Path, result: dict, classes: Sequence[str], r
     names = list(classes)
     plots = [(name.strip(), png_uri(functools.partial(plot, values[key], names))) for name, values in settings
              for plot, key in ((viz.plot_per_class_iou, "iou"), (viz.plot_confusion, "confusion"))]
+    band = result.get("boundary_band")
+    band_section = [{"heading": f"Boundary band (±{band['width']} px)", "note": BAND_NOTE,
+                     "tables": [{"columns": ["metric", "value (%)"],
+                                 "rows": [[label, _percent(band[key])] for key, label in SEMANTIC_METRICS.items()]}]}
+                    ] if band else []
     sections = [
         {"heading": "Metrics", "tables": [metrics, per_class]},
+        *band_section,
         {"heading": "Per-class IoU and confusion matrix", "figures": plots,
          "note": "confusion matrix row i: the pixels of ground-truth class i, by predicted class"},
         *_curves(run_dir),
