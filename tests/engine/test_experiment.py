@@ -136,7 +136,7 @@ def test_bad_experiment_files_are_refused_naming_the_file(tmp_path, change, mess
 def test_list_names_the_shipped_experiments_and_their_runs_configure():
     """Every shipped experiment loads and each of its variants' run configs builds (the model options exist)."""
     listed = seglab("experiment", "--list").stdout.split()
-    assert set(LECTURE) | {"fcis-vs-maskrcnn"} <= set(listed)
+    assert set(LECTURE) | {"fcis-vs-maskrcnn", "gcn-kernel-long"} <= set(listed)
     assert experiment_module.suite() == sorted(LECTURE)  # what seglab experiment all runs
     for name in listed:
         spec = load_experiment(experiment_module.experiment_path(name))
@@ -150,7 +150,7 @@ def test_list_names_the_shipped_experiments_and_their_runs_configure():
         ["fcis_resnet18", "maskrcnn_resnet18_fpn"]
 
 
-@pytest.mark.parametrize("name", [*LECTURE, "fcis-vs-maskrcnn"])
+@pytest.mark.parametrize("name", [*LECTURE, "fcis-vs-maskrcnn", "gcn-kernel-long"])
 def test_every_shipped_experiment_runs_for_an_iteration_and_reports(name, tmp_path):
     """CI's run of each experiment: one seed, one iteration, tiny data (``--override``); every variant gets a
     value in range, and results.json, both reports and the figure are written."""
