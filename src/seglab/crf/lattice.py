@@ -74,11 +74,18 @@ def _vertex_codes(m: Tensor, rank: Tensor, set_offset: Tensor, low: Tensor, stri
     return torch.arange(d + 1, device=m.device) + (d + 1) * (base[:, None] - dropped)
 
 
+def _block_rows(tensor: Tensor, rows: int) -> int:
+    """Rows of ``tensor`` to process at once: ``rows`` on the CPU, all of them on an accelerator (whose caching
+    allocator reuses memory, where the CPU's hands out fresh pages for every large tensor)."""
+    return rows if tensor.device.type == "cpu" else max(1, tensor.shape[0])
+
+
 def _by_blocks(fn, *tensors: Tensor):
     """``fn`` on blocks of ``_BUILD_BLOCK`` rows of ``tensors``, its tensor (or tuple of tensors) results
     concatenated: a block's temporaries are small enough for the allocator to reuse, where a large image's
     (P, d+1) temporaries would each be a fresh mapping whose page faults cost more than the arithmetic."""
-    results = [fn(*block) for block in zip(*(t.split(_BUILD_BLOCK) for t in tensors))]
+    rows = _block_rows(tensors[0], _BUILD_BLOCK)
+    results = [fn(*block) for block in zip(*(t.split(rows) for t in tensors))]
     if isinstance(results[0], Tensor):
         return torch.cat(results)
     return tuple(torch.cat(parts) for parts in zip(*results))
@@ -258,8 +265,9 @@ class LatticeFilter:
         vertices = self._blurred(values)
         if matrix is not None:  # slicing is linear per point: slice(V)·M = slice(V·M)
             vertices = -(vertices @ matrix)
-        for start in range(0, out.shape[0], _SLICE_BLOCK):
-            block = slice(start, start + _SLICE_BLOCK)
+        rows = _block_rows(out, _SLICE_BLOCK)
+        for start in range(0, out.shape[0], rows):
+            block = slice(start, start + rows)
             out[block] += F.embedding_bag(self.slice_vertex[block], vertices, mode="sum",
                                           per_sample_weights=self.slice_weight[block])
         return out
