@@ -23,7 +23,9 @@ import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 
@@ -238,8 +240,6 @@ def write_json(path: str | Path, value, indent: int | None = 2) -> Path:
 def save_image(image, path: str | Path) -> Path:
     """Save the PIL image ``image`` to ``path`` in the format its suffix names, whole or not at all (a temporary
     file renamed): an interrupted ``predict`` leaves no truncated file that ``--skip-existing`` takes as done."""
-    from PIL import Image
-
     path = Path(path)
     with _replacing(path, durable=False) as f:
         image.save(f, format=Image.registered_extensions()[path.suffix.lower()])
@@ -248,8 +248,6 @@ def save_image(image, path: str | Path) -> Path:
 
 def save_npz(path: str | Path, **arrays) -> Path:
     """``numpy.savez_compressed(path, **arrays)``, whole or not at all (as ``save_image``)."""
-    import numpy as np
-
     path = Path(path)
     with _replacing(path, durable=False) as f:
         np.savez_compressed(f, **arrays)

@@ -84,6 +84,13 @@ def _title(kind: str, config: dict | None, run_dir: str | Path | None) -> str:
     return f"seglab {kind} evaluation{model}" + (f" — {run_dir}" if run_dir is not None else "")
 
 
+def _summary_table(settings: list[tuple[str, dict]]) -> dict:
+    """The summary metrics table: a row per metric, a column per (name, metrics) setting, in percent."""
+    return {"columns": ["metric", *(f"value{name} (%)" for name, _ in settings)],
+            "rows": [[label, *(_percent(values[key]) for _, values in settings)]
+                     for key, label in SEMANTIC_METRICS.items()]}
+
+
 def semantic_report(out_dir: str | Path, result: dict, classes: Sequence[str], ranked: Sequence[Row], *,
                     config: dict | None = None, run_dir: str | Path | None = None) -> Path:
     """Write ``out_dir/report.html`` for ``evaluate``'s ``result``: the summary metrics (FCN's four, mean
@@ -94,9 +101,7 @@ def semantic_report(out_dir: str | Path, result: dict, classes: Sequence[str], r
     summary metrics over the boundary band too when ``result`` has ``"boundary_band"``."""
     settings = [(" without CRF", result["without_crf"]), (" with CRF", result)] if "without_crf" in result \
         else [("", result)]
-    metrics = {"columns": ["metric", *(f"value{name} (%)" for name, _ in settings)],
-               "rows": [[label, *(_percent(values[key]) for _, values in settings)]
-                        for key, label in SEMANTIC_METRICS.items()]}
+    metrics = _summary_table(settings)
     per_class = {"columns": ["class", *(f"{what}{name} (%)" for what in SEMANTIC_PER_CLASS.values()
                                         for name, _ in settings)],
                  "rows": [[name, *(_percent(values[what][index]) for what in SEMANTIC_PER_CLASS
@@ -106,9 +111,7 @@ def semantic_report(out_dir: str | Path, result: dict, classes: Sequence[str], r
              for plot, key in ((viz.plot_per_class_iou, "iou"), (viz.plot_confusion, "confusion"))]
     band = result.get("boundary_band")
     band_section = [{"heading": f"Boundary band (±{band['width']} px)", "note": BAND_NOTE,
-                     "tables": [{"columns": ["metric", "value (%)"],
-                                 "rows": [[label, _percent(band[key])] for key, label in SEMANTIC_METRICS.items()]}]}
-                    ] if band else []
+                     "tables": [_summary_table([("", band)])]}] if band else []
     sections = [
         {"heading": "Metrics", "tables": [metrics, per_class]},
         *band_section,
