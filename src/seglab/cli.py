@@ -60,9 +60,10 @@ def _add_model_option_flag(parser: argparse.ArgumentParser, help: str) -> None:
 def _config_from_args(args: argparse.Namespace):
     from .engine.config import load_config
 
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    given = (f.name for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None)
+    overrides = {name: getattr(args, name) for name in given}
     for key in ("model_options", "data_options"):
-        if overrides[key]:
+        if key in overrides:
             overrides[key] = _key_values(overrides[key])
     return load_config(args.config, overrides)
 

@@ -10,11 +10,18 @@ from seglab.engine.optim import build_optimizer, build_scheduler, lr_factor
 def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lr: 0.5\nbatch_size: 4\nmodel_options: {padding: same}\nscale_range: [0.8, 1.2]\n")
-    config = load_config(path, {"lr": 0.1, "iters": None})
+    config = load_config(path, {"lr": 0.1})
     assert config.lr == 0.1 and config.batch_size == 4 and config.iters == TrainConfig().iters
     assert config.model_options == {"padding": "same"} and config.scale_range == (0.8, 1.2)
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config
+
+
+def test_an_explicit_none_sets_the_option_as_null_in_the_file_does(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("val_split: train\nnum_classes: 3\n")
+    config = load_config(path, {"val_split": None, "num_classes": None})
+    assert config.val_split is None and config.num_classes is None
 
 
 def test_model_option_flags_merge_with_the_yaml_options(tmp_path):

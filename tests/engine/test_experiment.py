@@ -145,6 +145,9 @@ def test_list_names_the_shipped_experiments_and_their_runs_configure():
                 experiment_module.run_config(spec, variant, 0, Path("runs/x") / variant / "seed_0", None)
     roi = load_experiment(experiment_module.experiment_path("roi-align"))
     assert experiment_module.run_config(roi, "roipool", 0, "x", None).model_options["roi_pool_type"] == "pool"
+    assert experiment_module.run_config(roi, "roipool", 0, "x", None).val_split == "val"
+    assert experiment_module.run_config(roi, "roipool", 0, "x", None, overrides={"val_split": None}).val_split is None
+    assert experiment_module.run_config(roi, "roipool", 0, "x", "cpu").device == "cpu"
     fair = load_experiment(experiment_module.experiment_path("fcis-vs-maskrcnn"))
     assert [experiment_module.run_config(fair, v, 0, "x", None).model for v in fair["order"]] == \
         ["fcis_resnet18", "maskrcnn_resnet18_fpn"]

@@ -282,11 +282,11 @@ def merge_settings(lower: dict, upper: dict) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults ← YAML file at ``path`` ← ``overrides`` (None values are ignored; ``model_options`` and
-    ``data_options`` merge key by key). Unknown keys and unusable values are one-line ValueErrors, those of the
-    file's values prefixed with its path."""
+    """Defaults ← YAML file at ``path`` ← ``overrides`` (a None value sets the option to None, as ``null`` does in
+    the file; ``model_options`` and ``data_options`` merge key by key). Unknown keys and unusable values are
+    one-line ValueErrors, those of the file's values prefixed with its path."""
     from_file = read_yaml_mapping(Path(path)) if path is not None else {}
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    overrides = dict(overrides or {})
     values = merge_settings(from_file, overrides)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)

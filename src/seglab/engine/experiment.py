@@ -183,7 +183,7 @@ def run_config(spec: dict, variant: str, seed: int, out: Path, device: str | Non
     key by key)."""
     settings = spec["variants"][variant]
     merged = merge_settings(merge_settings(spec.get("train", {}), settings.get("train", {})), overrides or {})
-    run = {"seed": seed, "out": str(out), "device": device, "resume": resume}
+    run = {"seed": seed, "out": str(out), "resume": resume, **({} if device is None else {"device": device})}
     if "init_from" in settings:
         run["init_from"] = str(out.parent.parent / settings["init_from"] / f"seed_{seed}" / "last.pt")
     return load_config(settings.get("base", spec.get("base")), {**merged, **run})
