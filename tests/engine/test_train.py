@@ -9,6 +9,7 @@ import torch
 from seglab import losses
 from seglab.io import safe_load as load_checkpoint
 from seglab.engine.config import TrainConfig
+from seglab.engine import train as train_module
 from seglab.engine.train import Trainer, train
 
 
@@ -112,8 +113,16 @@ def test_accumulating_two_half_batches_equals_one_full_batch(tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
 
 
-def test_amp_step_runs_in_bfloat16_on_cpu_and_stays_finite(tmp_path):
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_runs_in_bfloat16_on_a_cpu_with_native_kernels_else_in_float32_saying_so(tmp_path, monkeypatch, capsys,
+                                                                                      native):
+    monkeypatch.setattr(train_module, "autocast_is_native", lambda device: native)
+    dtypes = set()
+    forward = torch.nn.Conv2d.forward
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", lambda self, x: dtypes.add((y := forward(self, x)).dtype) or y)
     train(tiny_config(tmp_path, iters=2, ckpt_every=0, val_split=None, amp=True))
+    assert dtypes == ({torch.bfloat16} if native else {torch.float32})
+    assert ("--amp ignored, training in float32" in capsys.readouterr().out) is not native
     log = read_log(tmp_path / "run")
     assert len(log) == 2 and all(math.isfinite(r["loss"]) for r in log)
     checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")

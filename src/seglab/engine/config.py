@@ -126,7 +126,8 @@ class TrainConfig:
     accumulate: int = option(1, "micro-batches per optimiser step (gradient accumulation)", POSITIVE)
     skip_nonfinite: bool = option(False, "skip a step whose loss or gradient is NaN/inf instead of stopping")
     sync_bn: bool = option(False, "SyncBatchNorm across processes (torchrun on CUDA only)")
-    amp: bool = option(False, "autocast: bfloat16 on CPU, float16 with gradient scaling on CUDA")
+    amp: bool = option(False, "autocast: bfloat16 on CPU (one with AVX512 or AMX; elsewhere float32, said so), "
+                                "float16 with gradient scaling on CUDA")
     channels_last: bool = option(False, "NHWC memory format (faster convolutions on recent CPUs and GPUs)")
     compile: bool = option(False, "torch.compile the model (the first steps compile; a model or backend it cannot "
                                   "compile trains without it, with a warning)")
