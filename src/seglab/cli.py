@@ -585,11 +585,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the library's "seglab" log lines
+    from .engine.train import TrainingStopped
+
     try:
         args.func(args)
     except (ValueError, OSError, FloatingPointError) as error:  # OSError: a file or disk the system refused
         print(f"seglab {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(1) from error
+    except TrainingStopped as stopped:  # seglab experiment: the same command continues
+        print(f"seglab {args.command}: {stopped}; the same command continues from there", file=sys.stderr)
+        raise SystemExit(128 + stopped.signum) from None
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ the Markdown and HTML reports), finished runs reused, the claims' statistics aga
 bad experiment files refused in one line."""
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from scipy import stats
 from seglab.crf import PRESETS
 from seglab.engine import experiment as experiment_module
 from seglab.engine.experiment import claim_rows, load_experiment, mean_std, run_experiment
+from seglab.io import safe_load as load_checkpoint
 
 LECTURE = ["fcn-skips", "crf", "deeplab-fov", "context-module", "gcn-kernel", "output-stride", "decoder", "roi-align",
            "fcis-joint", "maskx-transfer"]  # the lecture's experiments (issue 19), in the lecture's order
@@ -311,3 +314,58 @@ def test_list_outside_the_repository_says_where_experiments_are_looked_up(tmp_pa
     result = subprocess.run([sys.executable, "-m", "seglab", "experiment", "--list"], capture_output=True, text=True,
                             cwd=tmp_path)
     assert result.returncode == 1 and "no experiments in configs/experiments here" in result.stderr
+
+
+def state_and_parent(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and parent pid from /proc (None: no such process)."""
+    try:
+        state, parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        return None
+    return state, int(parent)
+
+
+def alive(pid: int) -> bool:
+    found = state_and_parent(pid)
+    return found is not None and found[0] != "Z"
+
+
+def children_of(pid: int) -> set[int]:
+    """The live processes whose parent is ``pid``."""
+    return {int(p.name) for p in Path("/proc").glob("[0-9]*") if alive(int(p.name))
+            and (state_and_parent(int(p.name)) or ("", 0))[1] == pid}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_sigterm_stops_the_running_runs_at_a_checkpoint_and_the_same_command_continues(tmp_path, jobs):
+    """SIGTERM to ``seglab experiment`` (its workers' parent with --jobs 2): every run in training saves last.pt and
+    stops, none is recorded as finished, no worker outlives the command (exit 143), and the same command resumes."""
+    path = write_experiment(tmp_path, train={"iters": 150, "log_every": 1})
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "seglab", "experiment", str(path), "--seeds", "1", "--out", str(out),
+               "--jobs", str(jobs)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = ["slow", "fast"][:jobs]  # the runs that train at once
+    logs = [out / variant / "seed_0" / "metrics.jsonl" for variant in started]
+    deadline = time.monotonic() + 240
+    while not all(log.is_file() and log.read_text().strip() for log in logs):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    workers = children_of(process.pid)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM, last.pt saved; the same command continues from there" in stderr
+    for variant in started:
+        run = out / variant / "seed_0"
+        assert not (run / "result.json").exists()
+        assert 1 <= load_checkpoint(run / "last.pt")["step"] < 150
+    assert not (out / "results.json").exists()
+    deadline = time.monotonic() + 30
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(alive, workers)), "a worker outlived the command"
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    results = json.loads((out / "results.json").read_text())
+    assert all(len(results["variants"][v]["values"]) == 1 for v in ("slow", "fast"))
+    assert all(load_checkpoint(out / v / "seed_0" / "last.pt")["step"] == 150 for v in ("slow", "fast"))

@@ -43,9 +43,10 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from functools import partial
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from .config import load_config, merge_settings, read_yaml_mapping
 from .crf_tune import tune_crf
 from .evaluate import evaluation_setup
 from .tasks import task_module
-from .train import train
+from .train import TrainingStopped, train
 
 EXPERIMENTS = Path("configs/experiments")  # where names are looked up, from the current directory
 KEYS = {"experiment", "paper", "metric", "also", "base", "train", "eval", "order", "claims", "variants", "all"}
@@ -325,7 +326,7 @@ def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(started_with, current)
-        train(run_config(spec, variant, seed, run_dir, device, resume=resume, overrides=overrides))
+        train(run_config(spec, variant, seed, run_dir, device, resume=resume, overrides=overrides), stop_raises=True)
     wanted = metrics_of(spec)
     if settings.get("eval") is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -408,16 +409,47 @@ def schedule_runs(specs: dict, keys: list[tuple], device: str | None, overrides:
                 record(key, start(key, run_one))
             return
         threads = max(1, len(os.sched_getaffinity(0)) // jobs)
-        pending, running = list(keys), {}
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            while pending or running:
-                for key in [key for key in pending if ready(key)][:jobs - len(running)]:
+        pending, running, stopping = list(keys), {}, []
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
+                                 initargs=(threads,)) as pool, stops_workers(stopping):
+            while running or (pending and not stopping):
+                for key in [key for key in pending if ready(key)][:0 if stopping else jobs - len(running)]:
                     pending.remove(key)
                     running[start(key, partial(pool.submit, run_logged))] = key
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    record(running.pop(future), future.result())  # a failed run's error, after the others finish
+                    key = running.pop(future)
+                    if stopping and isinstance(future.exception(), TrainingStopped):
+                        continue  # resumes from its last.pt when the command runs again
+                    record(key, future.result())  # a failed run's error, after the others finish
+        if stopping:
+            raise TrainingStopped("the experiments' running runs", stopping[0])
+
+
+@contextmanager
+def stops_workers(stopping: list):
+    """While inside, a SIGINT/SIGTERM is appended to ``stopping`` and sent on to the worker processes as a
+    SIGTERM, which stops each one's training at a checkpoint (:func:`start_worker`)."""
+    def stop(signum, frame):
+        stopping.append(signum)
+        for worker in multiprocessing.active_children():
+            worker.terminate()
+
+    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def start_worker(threads: int) -> None:
+    """A worker process of ``--jobs``: ``threads`` torch threads; a SIGINT/SIGTERM stops a run's training at a
+    checkpoint (the trainer's own handler) and is otherwise ignored: a run being evaluated finishes, and an
+    idle worker ends when the pool closes."""
+    torch.set_num_threads(threads)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def run_logged(spec: dict, variant: str, seed: int, out: Path, device: str | None, overrides: dict | None) -> dict:

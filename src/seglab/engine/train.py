@@ -138,6 +138,7 @@ class Trainer:
         self.finished = False  # the final validation and report are done (in last.pt: --resume has nothing to do)
         self.stale = 0  # validations since --best-metric last improved (--early-stop)
         self.stop_requested, self.stopped_early = False, False
+        self.stop_signal: int | None = None  # the signal that stopped the loop, if one did
         self.mlflow_run: str | None = None  # the MLflow run id, kept in last.pt so that --resume continues it
         built = self.model.meta  # options the weights needed, and the input normalisation they expect
         self.meta = model_meta(config.model, self.num_classes, built["options"], classes=self.train_set.classes,
@@ -348,7 +349,7 @@ class Trainer:
     def _stop_on_signals(self):
         """SIGINT/SIGTERM ask the loop to stop after the current step (with a checkpoint)."""
         def request(signum, frame):
-            self.stop_requested = True
+            self.stop_requested, self.stop_signal = True, signum
 
         handlers = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -430,10 +431,22 @@ class Trainer:
         return result
 
 
-def train(config: TrainConfig) -> dict | None:
+class TrainingStopped(Exception):
+    """A signal (``signum``) stopped the training of ``what`` before its end, after ``last.pt`` was saved."""
+
+    def __init__(self, what: str, signum: int):
+        super().__init__(what, signum)  # the arguments, so that it pickles (from an experiment's worker process)
+        self.what, self.signum = what, signum
+
+    def __str__(self) -> str:
+        return f"{self.what} stopped by {signal.Signals(self.signum).name}, last.pt saved"
+
+
+def train(config: TrainConfig, *, stop_raises: bool = False) -> dict | None:
     """Train as ``config`` says; the run directory ``config.out`` receives config, logs, checkpoints, plots.
     Under torchrun every process calls this; the process group is left when it returns. A run directory this call
-    created is removed again when training fails before anything was written into it."""
+    created is removed again when training fails before anything was written into it. A SIGINT/SIGTERM stops
+    training with a checkpoint; then this returns, or with ``stop_raises`` raises :class:`TrainingStopped`."""
     out = Path(config.out)
     created = not out.exists()
     trainer = None
@@ -441,11 +454,14 @@ def train(config: TrainConfig) -> dict | None:
         trainer = Trainer(config)
         with trainer.events or contextlib.nullcontext():  # closing the TensorBoard writer flushes it
             try:
-                return trainer.run()
+                result = trainer.run()
             except BaseException:
                 if trainer.mlflow is not None:
                     trainer.mlflow.end("FAILED")
                 raise
+        if stop_raises and trainer.stop_signal is not None:
+            raise TrainingStopped(f"training in {out}", trainer.stop_signal)
+        return result
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()) and distributed.is_main():
             out.rmdir()
