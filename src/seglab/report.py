@@ -143,12 +143,13 @@ def instance_report(out_dir: str | Path, metrics: dict, classes: Sequence[str], 
     return _render(out_dir, _title("instance", config, run_dir), sections, gallery, config)
 
 
-def experiment_report(out_dir: str | Path, title: str, paper: str, columns: Sequence[str],
+def experiment_report(out_dir: str | Path, title: str, paper: str, machines: Sequence[str], columns: Sequence[str],
                       variants: Sequence[Sequence[str]], claims: Sequence[Sequence[str]], figure: str) -> Path:
     """``out_dir/report.html`` of ``seglab experiment``: the variants' table (``columns``: name, paper, seglab's
-    mean ± std, …, seconds), the figure ``out_dir/figure`` and the paper's claims (holds, in how many seeds,
-    Welch p)."""
-    sections = [{"heading": "Variants", "note": f"paper: {paper}" if paper else "",
+    mean ± std, …, seconds) with the paper and the ``machines`` its runs ran on, the figure ``out_dir/figure`` and
+    the paper's claims (holds, in how many seeds, Welch p)."""
+    note = "; ".join([f"paper: {paper}"] * bool(paper) + [f"measured on: {'; '.join(machines)}"])
+    sections = [{"heading": "Variants", "note": note,
                  "tables": [{"columns": list(columns), "rows": variants}],
                  "figures": [("the metric per variant: one dot per seed, the bar their mean",
                               png_uri(lambda file: file.write((Path(out_dir) / figure).read_bytes())))]},

@@ -17,6 +17,7 @@ from scipy import stats
 
 from seglab.crf import PRESETS
 from seglab.engine import experiment as experiment_module
+from seglab.engine.benchmark import machine_line
 from seglab.engine.experiment import claim_rows, load_experiment, mean_std, run_experiment
 from seglab.io import safe_load as load_checkpoint
 
@@ -44,7 +45,8 @@ def test_experiment_runs_every_variant_per_seed_and_writes_results_and_reports(t
     path = write_experiment(tmp_path)
     out = seglab("experiment", path, "--seeds", 2, "--seed", 3, "--out", tmp_path / "out").stdout
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(results) == {"experiment", "metric", "higher_is_better", "seeds", "variants"}
+    assert set(results) == {"experiment", "metric", "higher_is_better", "seeds", "variants", "machines"}
+    assert results["machines"] == [machine_line("cpu")]  # the CPU's name and instruction set, cores, torch
     assert results["experiment"] == "tiny-lr" and results["metric"] == "miou" and results["seeds"] == [3, 4]
     for variant in ("slow", "fast"):
         measured = results["variants"][variant]
@@ -60,19 +62,20 @@ def test_experiment_runs_every_variant_per_seed_and_writes_results_and_reports(t
     assert "| fast > slow |" in report and "| slow | 1 |" in report and report in out + "\n"
     html = (tmp_path / "out" / "report.html").read_text()
     assert "fast &gt; slow" in html and "none, a test" in html
+    assert f"measured on: {machine_line('cpu')}" in report and f"measured on: {machine_line('cpu')}" in html
 
 
 def test_finished_runs_are_reused_and_only_missing_ones_trained(tmp_path, monkeypatch):
     path, out = write_experiment(tmp_path), tmp_path / "out"
     run_experiment(str(path), seeds=1, out=out)
     before = json.loads((out / "results.json").read_text())
-    monkeypatch.setattr(experiment_module, "train", lambda config: pytest.fail("a finished run was retrained"))
+    monkeypatch.setattr(experiment_module, "train", lambda config, **_: pytest.fail("a finished run was retrained"))
     run_experiment(str(path), seeds=1, out=out)
     assert json.loads((out / "results.json").read_text()) == before
 
     trained = []
 
-    def fake_train(config):
+    def fake_train(config, stop_raises):
         trained.append((config.out, config.seed, config.resume))
         (out / "fast" / "seed_1" / "metrics.jsonl").write_text('{"step": 2, "val/miou": 0.5}\n')
 

@@ -13,6 +13,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -131,9 +132,20 @@ def measure(model: nn.Module, *, size: tuple[int, int] = (512, 512), batch: int 
                        torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None, compile_s)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo, else the platform's) and the instruction set of torch's CPU kernels,
+    e.g. "AMD EPYC (AVX2)": what decides, among others, whether bfloat16 autocast is native."""
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def machine_line(device: str) -> str:
-    """The machine a table was measured on: cores, torch version, device."""
-    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else platform.machine()
+    """The machine a table was measured on: the device (a GPU's name, else the CPU's), cores, torch version."""
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else cpu_name()
     return (f"{device}: {name}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads; "
             f"torch {torch.__version__}")
 

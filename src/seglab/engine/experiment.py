@@ -58,7 +58,9 @@ from tqdm import tqdm
 from .. import report, viz
 from ..crf import PRESETS
 from ..io import write_json
+from ..models.base import check_device
 from .config import load_config, merge_settings, read_yaml_mapping
+from .benchmark import machine_line
 from .crf_tune import tune_crf
 from .evaluate import evaluation_setup
 from .tasks import task_module
@@ -338,7 +340,8 @@ def run_one(spec: dict, variant: str, seed: int, out: Path, device: str | None,
     else:
         values = {name: final_metric(trained, name) for name in wanted}
     result = {"value": values[spec["metric"]], "seconds": round(time.perf_counter() - started, 1),
-              "also": {name: values[name] for name in wanted[1:]}, "settings": current, "source": upstream}
+              "also": {name: values[name] for name in wanted[1:]}, "settings": current, "source": upstream,
+              "machine": machine_line(str(check_device(device or "auto")))}
     write_json(done, result)
     return result
 
@@ -467,8 +470,9 @@ def write_results(spec: dict, out: Path, made: dict[str, list[dict]], seeds: lis
                           "seconds": [result["seconds"] for result in results],
                           "also": {name: [result["also"][name] for result in results] for name in spec.get("also", [])}}
                 for variant, results in made.items()}
+    machines = sorted({result.get("machine", "not recorded") for results in made.values() for result in results})
     results = {"experiment": spec["experiment"], "metric": spec["metric"], "higher_is_better": True,
-               "seeds": seeds, "variants": variants}
+               "seeds": seeds, "variants": variants, "machines": machines}
     write_json(out / "results.json", results)
     variant_table, claim_table = variant_rows(spec, results), claim_rows(spec, results)
     text = markdown_report(spec, results, variant_table, claim_table)
@@ -476,7 +480,7 @@ def write_results(spec: dict, out: Path, made: dict[str, list[dict]], seeds: lis
     count = len(seeds)
     viz.plot_experiment({variant: variants[variant]["values"] for variant in spec["order"]}, spec["metric"],
                         f"{spec['experiment']} ({count} seed{'s' * (count > 1)})", out / "figure.png")
-    report.experiment_report(out, f"seglab experiment {spec['experiment']}", spec.get("paper", ""),
+    report.experiment_report(out, f"seglab experiment {spec['experiment']}", spec.get("paper", ""), machines,
                              variant_columns(spec), variant_table, claim_table, "figure.png")
     return text + f"\nwrote {out}/results.json, report.md, report.html, figure.png"
 
@@ -535,7 +539,8 @@ def markdown_report(spec: dict, results: dict, variant_table: list[list[str]], c
     metric, seeds = spec["metric"], len(results["seeds"])
     columns = variant_columns(spec)
     lines = [f"## {spec['experiment']}: {metric}, {seeds} seed{'s' * (seeds > 1)}", "",
-             f"paper: {spec.get('paper', '—')}", "", f"| {' | '.join(columns)} |",
+             f"paper: {spec.get('paper', '—')}", "", f"measured on: {'; '.join(results['machines'])}", "",
+             f"| {' | '.join(columns)} |",
              "|---|" + "---:|" * (len(columns) - 1)]
     lines += [f"| {' | '.join(row)} |" for row in variant_table]
     lines += ["", "| the paper's direction | holds here | in seeds | Welch p |", "|---|---|---:|---:|"]
