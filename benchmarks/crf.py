@@ -14,7 +14,6 @@ pydensecrf's NORMALIZE_SYMMETRIC / AFTER / BEFORE / NO_NORMALIZATION) at the fir
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from seglab.crf import NORMALIZATIONS, dense_crf
+from seglab.engine.benchmark import cpu_name
 
 NUM_LABELS = 21
 KERNELS = dict(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0, bilateral_srgb=13.0, bilateral_compat=10.0)
@@ -127,7 +127,7 @@ def main() -> None:
                         help="image sizes in pixels (default: 500x375 1024x768)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads (default: 1 2)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+    print(f"torch {torch.__version__}, {cpu_name()}, {torch.get_num_threads()} "
           f"threads available; image skimage.data.{args.image}; median of {args.repeats}\n")
     print("| workload | torch threads | pydensecrf (s) | seglab (s) | ratio (seglab / peer) | seglab build (s) | "
           "seglab 10 iterations (s) | max / mean abs ΔQ | argmax agreement | labels the CRF changed |")

@@ -13,7 +13,6 @@ of 128×128 Shapes scenes, SGD; median step time over ``--steps`` steps after tw
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 import seglab
 from seglab.data import Shapes
 from seglab.engine import instance
+from seglab.engine.benchmark import cpu_name
 from seglab.engine.config import TrainConfig, load_config
 from seglab.engine.sampler import SeededTransforms
 
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    print(f"CPU {platform.machine()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
+    print(f"CPU {cpu_name()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}; float32\n")
     print("| workload | seglab | torchvision (same weights) | ratio (seglab / peer) |\n|---|---:|---:|---:|")
     print(inference_row(args.repeats), flush=True)

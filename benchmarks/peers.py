@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from typing import Callable
 
 import torch
 import torchvision
+
+from seglab.engine.benchmark import cpu_name
 
 
 def arguments(doc: str, add=None) -> argparse.Namespace:
@@ -30,7 +31,7 @@ def arguments(doc: str, add=None) -> argparse.Namespace:
 
 
 def machine(threads: int) -> str:
-    return (f"CPU {platform.machine()}, {threads} torch threads; torch {torch.__version__}, torchvision "
+    return (f"CPU {cpu_name()}, {threads} torch threads; torch {torch.__version__}, torchvision "
             f"{torchvision.__version__}")
 
 

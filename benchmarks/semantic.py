@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import torch
 import torchvision
 
 import seglab
+from seglab.engine.benchmark import cpu_name
 
 NUM_CLASSES = 21
 
@@ -92,7 +92,7 @@ def rss_worker(name: str, size: int, batch: int) -> None:
 
 
 def header(repeats: int) -> str:
-    return (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    return (f"CPU: {cpu_name()}, {os.cpu_count()} cores, "
             f"{torch.get_num_threads()} torch threads; torch {torch.__version__}, torchvision {torchvision.__version__}; "
             f"float32, {NUM_CLASSES} classes, random weights; median of {repeats} after 1 warm-up\n")
 

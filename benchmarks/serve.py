@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -40,6 +39,7 @@ from PIL import Image
 
 import seglab
 from seglab.data import Shapes
+from seglab.engine.benchmark import cpu_name
 from seglab.export import to_safetensors
 
 MODEL, WIDTH_MULT = "fcn_resnet50", 0.25
@@ -194,7 +194,7 @@ def main() -> None:
         worker.kill()
         shutil.rmtree(folder, ignore_errors=True)
 
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
           f"torch threads; torch {torch.__version__}, device cpu; {MODEL} width {WIDTH_MULT}, random weights, "
           f"{args.size}×{args.size} PNG scenes; server --threads {args.threads}; {args.requests} requests per round, "
           f"median of {args.rounds} rounds after a warm-up\n")

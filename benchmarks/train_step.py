@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Callable
@@ -46,19 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import interleaved_medians  # noqa: E402
 
 import seglab  # noqa: E402
+from seglab.engine.benchmark import cpu_name  # noqa: E402
 
 SEMANTIC = {"deeplabv3_resnet50": tvseg.deeplabv3_resnet50, "fcn_resnet50": tvseg.fcn_resnet50}
 WORKLOADS = [*SEMANTIC, "maskrcnn_resnet50_fpn"]
 SEMANTIC_CLASSES, SEMANTIC_SIZE, BATCH = 21, 512, 2
 DETECTION_CLASSES, DETECTION_SIZE, BOXES_PER_IMAGE = 91, (800, 1088), 3
 AUX_WEIGHT = 0.4  # torchvision's references/segmentation/train.py criterion
-
-
-def cpu_name() -> str:
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def machine(threads: int) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from seglab.data import VOCSegmentation, export_shapes, train_transforms
+from seglab.engine.benchmark import cpu_name
 from seglab.engine.semantic import collate as collate_semantic
 
 
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="training steps per scaling run")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {platform.processor() or platform.machine()}, "
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {cpu_name()}, "
           f"{os.cpu_count()} cores")
     if args.table in ("loader", "all"):
         print("\n".join(loader_table(args.images)), flush=True)
