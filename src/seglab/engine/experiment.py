@@ -59,8 +59,8 @@ from .. import report, viz
 from ..crf import PRESETS
 from ..io import write_json
 from ..models.base import check_device
-from .config import load_config, merge_settings, read_yaml_mapping
 from .benchmark import machine_line
+from .config import load_config, merge_settings, read_yaml_mapping
 from .crf_tune import tune_crf
 from .evaluate import evaluation_setup
 from .tasks import task_module
