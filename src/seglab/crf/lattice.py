@@ -45,13 +45,13 @@ def _enclosing_simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     v = torch.round(elevated * down)  # half-to-even, like densecrf's SSE conversion
     rem0 = v * d1
     residual = (elevated - rem0).unbind(1)
-    rank = [torch.zeros_like(residual[0], dtype=torch.long) for _ in range(d1)]
+    rank = [torch.zeros_like(residual[0], dtype=torch.uint8) for _ in range(d1)]  # counts < d+1: bytes add fastest
     for i in range(d1 - 1):  # densecrf's pairwise comparison, ties included
         for j in range(i + 1, d1):
             before = residual[i] < residual[j]
             rank[i] += before
             rank[j] += ~before
-    rank = torch.stack(rank, 1) + v.sum(1, keepdim=True).long()
+    rank = torch.stack(rank, 1).long() + v.sum(1, keepdim=True).long()
     wrap = (rank < 0).long() - (rank > d1 - 1).long()  # bring the point back onto the plane
     rank = rank + wrap * d1
     rem0 = rem0 + wrap * d1
@@ -158,20 +158,20 @@ class PermutohedralLattice:
         r = vertex_codes % (d + 1)
         everywhere = int(stride.sum())
         itself = torch.arange(num_vertices, device=device)
-        index, weight = [], []
+        index, weight = [], []  # per direction: (V, 3) bags and their weights
         for j in range(d + 1):
             at_j = strides[j] if j < d else 0
             lower = torch.where(r >= 1, vertex_codes - 1 + (d + 1) * at_j, vertex_codes + d + (d + 1) * (at_j - everywhere))
             upper = torch.where(r < d, vertex_codes + 1 - (d + 1) * at_j, vertex_codes - d + (d + 1) * (everywhere - at_j))
-            index.append(itself)
-            weight.append(torch.ones(num_vertices, device=device))
+            bag, bag_weight = [itself], [torch.ones(num_vertices, device=device)]
             for target in (lower, upper):
                 at = torch.searchsorted(vertex_codes, target).clamp_max(num_vertices - 1)
                 found = vertex_codes[at] == target
-                index.append(torch.where(found, at, itself))
-                weight.append(0.5 * found.float())
-        self._blur_index = torch.stack(index, 1).view(num_vertices, d + 1, 3).transpose(0, 1).contiguous()
-        self._blur_weight = torch.stack(weight, 1).view(num_vertices, d + 1, 3).transpose(0, 1).contiguous()
+                bag.append(torch.where(found, at, itself))
+                bag_weight.append(0.5 * found.float())
+            index.append(torch.stack(bag, 1))
+            weight.append(torch.stack(bag_weight, 1))
+        self._blur_index, self._blur_weight = torch.stack(index), torch.stack(weight)  # (d+1, V, 3)
         self.num_points, self.num_vertices, self.dim = batch * n, num_vertices, d
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))  # densecrf's output scaling of the blurred values
 
