@@ -264,6 +264,18 @@ def test_buffered_iterations_without_autograd_equal_the_autograd_path():
         torch.testing.assert_close(buffered, tracked.detach(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("classes", [1, 4])
+def test_inputs_are_left_untouched(classes):
+    """The unary is made in place on a copy of the probabilities, never on them (one class: the layout is a view)."""
+    image, probs = synthetic_case()
+    p = torch.from_numpy(probs[:classes] / probs[:classes].sum(0))
+    before = p.clone()
+    for logits in (False, True):
+        with torch.no_grad():
+            dense_crf(image, p, logits=logits)
+        assert torch.equal(p, before)
+
+
 def test_tensor_image_equals_numpy_image():
     image, probs = synthetic_case()
     p = torch.from_numpy(probs)

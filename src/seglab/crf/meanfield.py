@@ -141,17 +141,18 @@ def dense_crf(image, probs: Tensor, iterations: int = 10, *, gaussian_sxy: float
         raise TypeError(f"probs must be a floating-point tensor, got {probs.dtype}")
     batch = probs.unsqueeze(0) if single else probs
     n, num_classes, height, width = batch.shape
-    if logits:
-        unary = -batch
-    else:
+    if not logits:
         totals = batch.detach().sum(1)
         if (batch.detach() < 0).any() or not torch.allclose(totals, torch.ones_like(totals), atol=1e-3):
             raise ValueError("probs must be probabilities that sum to 1 over the class dimension "
                              f"(sums range {totals.min().item():.4g}..{totals.max().item():.4g}); "
                              "pass logits=True for raw scores")
-        unary = unary_from_probs(batch)
     colours = _image_batch(image, (height, width), n, batch.device)
-    unary = unary.permute(0, 2, 3, 1).reshape(-1, num_classes).contiguous()
+    pixels = batch.permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format).view(-1, num_classes)  # (P, C)
+    if torch.is_grad_enabled() and batch.requires_grad:
+        unary = -pixels if logits else unary_from_probs(pixels)
+    else:  # in place on the copy: a fresh (P, C) tensor of a large image costs more in page faults than in arithmetic
+        unary = pixels.neg_() if logits else pixels.clamp_(_UNARY_CLIP, 1.0).log_().neg_()
     kernels = [
         (_kernel_features(colours, (height, width), gaussian_sxy, None).expand(n, -1, -1), gaussian_compat),
         (_kernel_features(colours, (height, width), bilateral_sxy, bilateral_srgb), bilateral_compat),
