@@ -46,7 +46,7 @@ import os
 import signal
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from functools import partial
 from pathlib import Path
 
@@ -64,7 +64,7 @@ from .config import load_config, merge_settings, read_yaml_mapping
 from .crf_tune import tune_crf
 from .evaluate import evaluation_setup
 from .tasks import task_module
-from .train import TrainingStopped, train
+from .train import TrainingStopped, stop_signals_call, train
 
 EXPERIMENTS = Path("configs/experiments")  # where names are looked up, from the current directory
 KEYS = {"experiment", "paper", "metric", "also", "base", "train", "eval", "order", "claims", "variants", "all"}
@@ -429,7 +429,6 @@ def schedule_runs(specs: dict, keys: list[tuple], device: str | None, overrides:
             raise TrainingStopped("the experiments' running runs", stopping[0])
 
 
-@contextmanager
 def stops_workers(stopping: list):
     """While inside, a SIGINT/SIGTERM is appended to ``stopping`` and sent on to the worker processes as a
     SIGTERM, which stops each one's training at a checkpoint (:func:`start_worker`)."""
@@ -438,12 +437,7 @@ def stops_workers(stopping: list):
         for worker in multiprocessing.active_children():
             worker.terminate()
 
-    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    return stop_signals_call(stop)
 
 
 def start_worker(threads: int) -> None:

@@ -71,6 +71,17 @@ def build_datasets(config: TrainConfig):
     return train_set, val_set, num_classes
 
 
+@contextlib.contextmanager
+def stop_signals_call(handler):
+    """While inside, SIGINT and SIGTERM call ``handler(signum, frame)``; the previous handlers come back after."""
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def autocast_is_native(device: torch.device) -> bool:
     """Whether ``--amp`` speeds ``device`` up: always on accelerators; on a CPU only with oneDNN's bfloat16
     kernels (AVX512 or AMX), without which bfloat16 autocast is emulated (measured on an AVX2 CPU: a training
@@ -345,18 +356,12 @@ class Trainer:
     def _patience_spent(self) -> bool:
         return self.config.early_stop is not None and self.stale >= self.config.early_stop
 
-    @contextlib.contextmanager
     def _stop_on_signals(self):
         """SIGINT/SIGTERM ask the loop to stop after the current step (with a checkpoint)."""
         def request(signum, frame):
             self.stop_requested, self.stop_signal = True, signum
 
-        handlers = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+        return stop_signals_call(request)
 
     def run(self) -> dict | None:
         """Train until ``config.iters`` (or ``stop_at``, or a SIGINT/SIGTERM); returns the last validation
