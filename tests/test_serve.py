@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from cli_run import seglab  # noqa: E402
 from seglab import models  # noqa: E402
+from seglab.cli import main  # noqa: E402
 from seglab.data import Shapes  # noqa: E402
 from seglab.data.coco_format import decode_rle  # noqa: E402
 from seglab.data.images import EXIF_ORIENTATION, read_image  # noqa: E402
@@ -328,6 +329,20 @@ def test_binding_every_address_warns(monkeypatch, caplog):
         assert not caplog.records and served[-1]["host"] == "127.0.0.1" and served[-1]["port"] == 8000
         run(app, "0.0.0.0", 8123)
     assert "every address" in caplog.text and served[-1]["host"] == "0.0.0.0"
+
+
+def test_the_request_threads_share_torchs_cpu_threads(monkeypatch):
+    served = []
+    monkeypatch.setattr("seglab.serve.app.uvicorn.run", lambda app, **options: served.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    try:
+        for threads, share in ((2, 2), (3, 1), (8, 1)):
+            torch.set_num_threads(4)
+            main(["serve", "--model", "fcn8s_vgg16", "--num-classes", "3", "--model-option", "width_mult=0.125",
+                  "--threads", str(threads)])
+            assert served[-1] == share
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_serve_without_fastapi_says_how_to_install_it():

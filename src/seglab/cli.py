@@ -249,6 +249,9 @@ def cmd_serve(args) -> None:
         if error.name and error.name.split(".")[0] in {"fastapi", "starlette", "uvicorn", "python_multipart"}:
             raise SystemExit("seglab serve needs FastAPI: pip install 'seglab[serve]'") from error
         raise
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads() // args.threads))  # the request threads share the cores
     app = create_app(_load_model(args), max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
                      threads=args.threads, max_queue=args.max_queue, score_threshold=args.score_threshold)
     run(app, args.host, args.port)
@@ -525,8 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-pixels", type=float, default=40e6,
                        help="largest image in pixels (width × height, read from its header before decoding), larger "
                             "ones get 413 (default: 40e6)")
-    serve.add_argument("--threads", type=int, default=2, help="requests run at once, each on its own thread "
-                                                              "(default: 2)")
+    serve.add_argument("--threads", type=int, default=2, help="requests run at once, each on its own thread with "
+                                                              "its share of torch's CPU threads (default: 2)")
     serve.add_argument("--max-queue", type=int,
                        help="requests waiting for a thread beyond which new ones get 503 with Retry-After "
                             "(default: as many as --threads)")
