@@ -91,6 +91,7 @@ def in_process_worker(checkpoint: str, size: int, threads: int) -> None:
     (seconds, latencies); an empty line ends it with its peak RSS."""
     from seglab.serve.answers import answer
 
+    torch.set_num_threads(max(1, torch.get_num_threads() // threads))  # as ``seglab serve`` shares the cores
     model = seglab.models.load(checkpoint).eval()
     images, pool = scenes(size), ThreadPoolExecutor(threads)  # the server's pool: ``threads`` workers, FIFO queue
 
