@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from seglab.crf import NORMALIZATIONS, PRESETS, PermutohedralLattice, dense_crf, mean_field, unary_from_probs
+from seglab.crf import (NORMALIZATIONS, PRESETS, LatticeFilter, PermutohedralLattice, dense_crf, mean_field,
+                        unary_from_probs)
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +264,25 @@ def test_buffered_iterations_without_autograd_equal_the_autograd_path():
         assert tracked.requires_grad
         torch.testing.assert_close(buffered, tracked.detach(), rtol=0, atol=1e-6)
 
+
+
+def test_grad_mode_without_anything_requiring_grad_takes_the_buffered_path(monkeypatch):
+    """A plain call (grad mode on, as in most scripts, but no input requiring a gradient) reuses the buffers
+    like ``no_grad``: same Q, no autograd graph; a weight requiring grad switches to the autograd path."""
+    image, probs = synthetic_case()
+    p = torch.from_numpy(probs)
+    calls = []
+    accumulate = LatticeFilter.accumulate
+    monkeypatch.setattr(LatticeFilter, "accumulate", lambda self, *a, **k: calls.append(1) or accumulate(self, *a, **k))
+    plain = dense_crf(image, p)
+    assert calls and not plain.requires_grad
+    with torch.no_grad():
+        buffered = dense_crf(image, p)
+    torch.testing.assert_close(plain, buffered, rtol=0, atol=0)
+    calls.clear()
+    tracked = dense_crf(image, p, bilateral_compat=torch.tensor(10.0, requires_grad=True))
+    assert not calls and tracked.requires_grad
+    torch.testing.assert_close(tracked.detach(), buffered, rtol=0, atol=1e-6)
 
 @pytest.mark.parametrize("classes", [1, 4])
 def test_inputs_are_left_untouched(classes):

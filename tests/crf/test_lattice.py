@@ -116,6 +116,29 @@ def test_building_and_slicing_block_by_block_equals_all_at_once(monkeypatch):
                                rtol=1e-12, atol=1e-12)
 
 
+
+def test_int64_codes_give_the_lattice_of_int32_codes(monkeypatch):
+    """Features spanning too many filter widths for int32 vertex codes take the int64 path: same lattice."""
+    rng = np.random.default_rng(6)
+    features = torch.from_numpy(np.stack([bilateral(rng.integers(0, 256, (H, W, 3)).astype(float))] * 2)).float()
+    features[1] += 0.3
+    code_dtypes = []
+    vertex_codes = lattice_module._vertex_codes
+
+    def recording(*args):
+        codes = vertex_codes(*args)
+        code_dtypes.append(codes.dtype)
+        return codes
+
+    monkeypatch.setattr(lattice_module, "_vertex_codes", recording)
+    narrow = PermutohedralLattice(features)
+    monkeypatch.setattr(lattice_module, "_INT32_CODES", 0)
+    wide = PermutohedralLattice(features)
+    assert code_dtypes == [torch.int32, torch.int64]
+    for name in ("_splat_point", "_splat_offsets", "_splat_bary", "_slice_vertex", "_slice_bary", "_blur_index",
+                 "_blur_weight"):
+        torch.testing.assert_close(getattr(wide, name), getattr(narrow, name), rtol=0, atol=0)
+
 @pytest.mark.parametrize("pad_multiple", [1, 4])
 def test_batched_lattice_is_block_diagonal(pad_multiple):
     """Features (B, N, d) filter each set exactly as a lattice built from that set alone."""

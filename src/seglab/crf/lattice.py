@@ -22,8 +22,10 @@ __all__ = ["NORMALIZATIONS", "PermutohedralLattice", "LatticeFilter"]
 NORMALIZATIONS = ("symmetric", "after", "before", "none")
 
 _MAX_CODE = 2**62  # mixed-radix vertex codes must stay inside int64
-_SLICE_BLOCK = 2**15  # points sliced at once by LatticeFilter.accumulate: a few MB, reused by the allocator
-_BUILD_BLOCK = 2**15  # points whose simplices and vertex codes PermutohedralLattice computes at once
+_INT32_CODES = 2**31  # code ranges below this are built, sorted and searched in int32
+_SLICE_BLOCK = 2**16  # points sliced at once by LatticeFilter.accumulate: a few MB, reused by the allocator
+_BUILD_BLOCK = 2**16  # points whose simplices and vertex codes are computed at once: a column of a block exceeds
+# torch's 32,768-element grain, so its element-wise ops split over two threads
 
 
 def _elevate(features: Tensor) -> Tensor:
@@ -39,7 +41,7 @@ def _elevate(features: Tensor) -> Tensor:
 
 
 def _enclosing_simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Remainder-0 point divided by d+1 (P, d+1) int64, ranks (P, d+1) int64, barycentric weights (P, d+1)."""
+    """Remainder-0 point divided by d+1 (P, d+1) int32, ranks (P, d+1) int64, barycentric weights (P, d+1)."""
     d1 = elevated.shape[1]
     down = torch.tensor(1.0 / d1, dtype=torch.float32)
     v = torch.round(elevated * down)  # half-to-even, like densecrf's SSE conversion
@@ -51,27 +53,28 @@ def _enclosing_simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             before = residual[i] < residual[j]
             rank[i] += before
             rank[j] += ~before
-    rank = torch.stack(rank, 1).long() + v.sum(1, keepdim=True).long()
-    wrap = (rank < 0).long() - (rank > d1 - 1).long()  # bring the point back onto the plane
-    rank = rank + wrap * d1
+    small = torch.int16  # ranks and wraps are small: int16 arithmetic is several times faster than int64's
+    rank = torch.stack(rank, 1).to(small) + v.sum(1, keepdim=True).to(small)
+    wrap = (rank < 0).to(small) - (rank > d1 - 1).to(small)  # bring the point back onto the plane
+    rank = (rank + wrap * d1).long()
     rem0 = rem0 + wrap * d1
     weight = (elevated - rem0) * down
     by_rank = torch.zeros_like(weight).scatter_(1, rank, weight).flip(1)  # [:, r]: coordinate of rank d-r
     bary = torch.empty_like(weight)
     bary[:, 1:] = by_rank[:, 1:] - by_rank[:, :-1]
     bary[:, 0] = by_rank[:, 0] + (1.0 + (-by_rank[:, -1]))
-    return v.long() + wrap, rank, bary
+    return v.int() + wrap, rank, bary  # |m| < 2^24 / (d+1): float32 features hold no larger integers
 
 
 def _vertex_codes(m: Tensor, rank: Tensor, set_offset: Tensor, low: Tensor, stride: Tensor) -> Tensor:
-    """(P, d+1) int64 codes r + (d+1)·Q of each point's simplex vertices (``PermutohedralLattice``): ``m``, ``rank``
+    """(P, d+1) codes r + (d+1)·Q, in ``stride``'s integer dtype, of each point's simplex vertices (``PermutohedralLattice``): ``m``, ``rank``
     from :func:`_enclosing_simplex`, ``set_offset`` (P,) the set's place in the mixed radix, ``low`` the
     smallest q_i, ``stride`` (d,) the radix's place values."""
     d = stride.numel()
-    base = ((m[:, :d] - low) * stride).sum(1) + set_offset
-    stride_by_rank = torch.zeros_like(rank).scatter_(1, rank, torch.cat([stride, stride.new_zeros(1)]).expand_as(rank))
-    dropped = torch.cat([torch.zeros_like(base)[:, None], stride_by_rank.flip(1)[:, :-1].cumsum(1)], 1)
-    return torch.arange(d + 1, device=m.device) + (d + 1) * (base[:, None] - dropped)
+    base = ((m[:, :d] - low) * stride).sum(1, dtype=stride.dtype) + set_offset
+    stride_by_rank = stride.new_zeros(rank.shape).scatter_(1, rank, torch.cat([stride, stride.new_zeros(1)]).expand_as(rank))
+    dropped = torch.cat([base.new_zeros(base.shape[0], 1), stride_by_rank.flip(1)[:, :-1].cumsum(1, dtype=stride.dtype)], 1)
+    return torch.arange(d + 1, device=m.device, dtype=stride.dtype) + (d + 1) * (base[:, None] - dropped)
 
 
 def _block_rows(tensor: Tensor, rows: int) -> int:
@@ -126,28 +129,30 @@ class PermutohedralLattice:
         if code_range >= _MAX_CODE:
             raise ValueError("lattice keys exceed int64: the features span too many filter widths "
                              "(use larger standard deviations or smaller images)")
-        stride = torch.tensor(strides[:-1], device=device)
-        code_dtype = torch.int32 if code_range < 2**31 else torch.int64  # int32 sorts about twice as fast
-        set_offset = torch.arange(batch, device=device).repeat_interleave(points) * strides[-1]
-        codes = _by_blocks(lambda *block: _vertex_codes(*block, low, stride).to(code_dtype), m, rank, set_offset)
+        code_dtype = torch.int32 if code_range < _INT32_CODES else torch.int64  # int32 sorts and adds faster
+        stride = torch.tensor(strides[:-1], device=device, dtype=code_dtype)
+        set_offset = torch.arange(batch, device=device, dtype=code_dtype).repeat_interleave(points) * strides[-1]
+        codes = _by_blocks(lambda *block: _vertex_codes(*block, low, stride), m, rank, set_offset)
 
         sorted_codes, order = torch.sort(codes.reshape(-1), stable=True)
         vertex_codes, vertex_of_sorted, counts = torch.unique_consecutive(
             sorted_codes, return_inverse=True, return_counts=True)
         num_vertices = vertex_codes.numel()
-        vertex = torch.empty_like(vertex_of_sorted).scatter_(0, order, vertex_of_sorted).view(batch, points, d + 1)
+        index_dtype = torch.int32 if codes.numel() < 2**31 else torch.int64  # embedding_bag gathers int32 faster
+        vertex = torch.empty(codes.numel(), dtype=index_dtype, device=device).scatter_(
+            0, order, vertex_of_sorted.to(index_dtype)).view(batch, points, d + 1)
         bary = bary.view(batch, points, d + 1)
 
         # Splat: for each vertex, its points in order; a padding point keeps its slot with weight 0.
         point = order // (d + 1)
-        self._splat_bary = bary.reshape(-1)[order]
+        self._splat_bary = bary.reshape(-1).index_select(0, order)  # index_select: a fraction of [order]'s time
         if padded:
             set_index, within = point // points, point % points
             real = within < n
             point = torch.where(real, set_index * n + within, torch.zeros_like(point))
             self._splat_bary = torch.where(real, self._splat_bary, torch.zeros((), device=device))
-        self._splat_point = point
-        self._splat_offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+        self._splat_point = point.to(index_dtype)
+        self._splat_offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]]).to(index_dtype)
         # Slice: the d+1 vertices and weights of each real point (densecrf's offset_ and barycentric_).
         self._slice_vertex = vertex[:, :n].reshape(-1, d + 1)
         self._slice_bary = bary[:, :n].reshape(-1, d + 1)
@@ -157,7 +162,7 @@ class PermutohedralLattice:
         # the vertex itself with weight 0. Each direction is a bag (vertex, n1, n2) weighted (1, ½, ½).
         r = vertex_codes % (d + 1)
         everywhere = int(stride.sum())
-        itself = torch.arange(num_vertices, device=device)
+        itself = torch.arange(num_vertices, device=device, dtype=index_dtype)
         index, weight = [], []  # per direction: (V, 3) bags and their weights
         for j in range(d + 1):
             at_j = strides[j] if j < d else 0
@@ -165,8 +170,9 @@ class PermutohedralLattice:
             upper = torch.where(r < d, vertex_codes + 1 - (d + 1) * at_j, vertex_codes - d + (d + 1) * (everywhere - at_j))
             bag, bag_weight = [itself], [torch.ones(num_vertices, device=device)]
             for target in (lower, upper):
-                at = torch.searchsorted(vertex_codes, target).clamp_max(num_vertices - 1)
-                found = vertex_codes[at] == target
+                at = torch.searchsorted(vertex_codes, target, out_int32=index_dtype == torch.int32)
+                at = at.clamp_max(num_vertices - 1)
+                found = vertex_codes.index_select(0, at) == target
                 bag.append(torch.where(found, at, itself))
                 bag_weight.append(0.5 * found.float())
             index.append(torch.stack(bag, 1))
@@ -183,7 +189,7 @@ class PermutohedralLattice:
         """
         splat_weight = self._splat_bary.to(dtype)
         if in_scale is not None:
-            splat_weight = splat_weight * in_scale.to(dtype)[self._splat_point]
+            splat_weight = splat_weight * in_scale.to(dtype).index_select(0, self._splat_point)
         slice_weight = self._slice_bary.to(dtype) * self.alpha
         if out_scale is not None:
             slice_weight = slice_weight * out_scale.to(dtype).reshape(-1, 1)
@@ -250,6 +256,10 @@ class LatticeFilter:
                              [i for f in filters for i in f.blur_index], [w for f in filters for w in f.blur_weight],
                              cat(vertices, 1), cat([f.slice_weight for f in filters], 1),
                              [p for f in filters for p in f.parts])
+
+    def weights(self) -> list[Tensor]:
+        """The filter's weight tensors (splat, blur, slice): what may carry autograd history."""
+        return [self.splat_weight, *self.blur_weight, self.slice_weight]
 
     def apply(self, values: Tensor) -> Tensor:
         """(P, C) values -> (P, C) filtered values, differentiable in the values and the weights."""

@@ -174,13 +174,15 @@ def mean_field(unary: Tensor, messages, iterations: int) -> Tensor:
 
     ``messages``: (filter, M) pairs, each filter a normalised kernel K̃ (``PermutohedralLattice.kernel``);
     the update adds −filter(Q)·M, or +filter(Q) when M is None (a Potts kernel whose weight w is folded
-    into the filter: −(−w·I)·K̃Q = w·K̃Q). Without autograd the score and Q live in two buffers for all
-    iterations and each message is added into the score in place (``LatticeFilter.accumulate``): a fresh
-    (P, C) tensor of a large image is a new mapping whose page faults cost more than the arithmetic.
+    into the filter: −(−w·I)·K̃Q = w·K̃Q). Unless a gradient is wanted (grad mode on and the unary, a
+    filter's weights or a matrix requiring it), the score and Q live in two buffers for all iterations and
+    each message is added into the score in place (``LatticeFilter.accumulate``): a fresh (P, C) tensor of
+    a large image is a new mapping whose page faults cost more than the arithmetic.
     """
     prior = -unary
     q = torch.softmax(prior, 1)
-    if torch.is_grad_enabled():  # autograd keeps every iteration's Q
+    wanted = [unary] + [t for filter_, matrix in messages for t in [*filter_.weights(), matrix] if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in wanted):  # autograd keeps every iteration's Q
         for _ in range(iterations):
             score = prior
             for filter_, matrix in messages:
