@@ -4,7 +4,9 @@
   |∂z/∂x|, z the logit of the class predicted at the scene's centre and x the normalised image, summed over
   RGB and scaled to mass 1; r50 / r90 are the radii (px, Euclidean from the centre) that hold 50% / 90% of it;
 - for GCN runs with BR, the last BR block's residual (the stride-1 one, x + conv(ReLU(conv(x))) on the score
-  maps): its mean |residual| / mean |x| inside the ±W px boundary band of the ground truth and outside it.
+  maps): its mean |residual| / mean |x| inside the ±W px boundary band of the ground truth and outside it;
+- for GCN runs with BR, mIoU and the band's mIoU on those scenes as trained and with every BR block's residual
+  dropped at test time (each block the identity): how much of the trained model's accuracy BR carries.
 
     python scripts/receptive_field.py RUN [RUN ...] [--num-val 32] [--image-size 256] [--band 3] [--figure F.png]
 
@@ -23,7 +25,8 @@ import torch
 import seglab
 from seglab.data.shapes import RADIUS_RANGE
 from seglab.engine.inference import normalize
-from seglab.metrics.boundary import boundary_band
+from seglab.metrics.boundary import BoundaryBandMetrics, boundary_band
+from seglab.metrics.semantic import SegmentationMetrics
 from seglab.models.gcn import BoundaryRefinement
 
 matplotlib.use("Agg")
@@ -76,6 +79,29 @@ def boundary_refinement_share(model: torch.nn.Module, images: torch.Tensor, mask
     return float(sums[0, 0] / sums[0, 1]), float(sums[1, 0] / sums[1, 1])
 
 
+
+@torch.no_grad()
+def scores_with_and_without_br(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, band: int,
+                               batch: int = 8) -> list[tuple[float, float]]:
+    """(mIoU, band mIoU) on uint8 images (N, 3, H, W) and masks (N, H, W), fractions in [0, 1]: as trained,
+    then, for a model with BR, with every BR block the identity (its residual dropped)."""
+    blocks = [m for m in model.modules() if isinstance(m, BoundaryRefinement)]
+    scores = []
+    for drop in (False, True) if blocks else (False,):
+        hooks = [block.register_forward_hook(lambda module, inputs, output: inputs[0]) for block in blocks] if drop else []
+        whole = SegmentationMetrics(model.meta["num_classes"])
+        near = BoundaryBandMetrics(model.meta["num_classes"], band)
+        try:
+            for chunk, target in zip(images.split(batch), masks.split(batch)):
+                pred = model(normalize(chunk, model.meta["mean"], model.meta["std"]))["out"].argmax(1)
+                whole.update(pred, target)
+                near.update(pred, target)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        scores.append((whole.compute()["miou"], near.compute()["miou"]))
+    return scores
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories (or checkpoints) of semantic models")
@@ -90,8 +116,8 @@ def main() -> None:
     lo, hi = (fraction * args.image_size for fraction in RADIUS_RANGE)
     print(f"Shapes val, {args.num_val} scenes of {args.image_size} px (objects' circumradii {lo:.0f}-{hi:.0f} px)\n")
     print(f"| run | model options | ERF r50 (px) | ERF r90 (px) | last BR, mean abs residual / mean abs input: in the "
-          f"±{args.band} px band | outside it |")
-    print("|---|---|---:|---:|---:|---:|")
+          f"±{args.band} px band | outside it | mIoU (%) | band mIoU (%) | BR dropped: mIoU (%) | band mIoU (%) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     fields = []
     for run in args.runs:
         model = seglab.models.load(run)
@@ -99,7 +125,9 @@ def main() -> None:
         r50, r90 = radii(field)
         share = boundary_refinement_share(model, images, masks, args.band)
         br = " | ".join(f"{v:.3f}" for v in share) if share else "no BR | no BR"
-        print(f"| {run} | {model.meta['options']} | {r50:.0f} | {r90:.0f} | {br} |")
+        scores = [f"{100 * v:.1f}" for pair in scores_with_and_without_br(model, images, masks, args.band) for v in pair]
+        ablation = " | ".join(scores + ["no BR"] * (4 - len(scores)))
+        print(f"| {run} | {model.meta['options']} | {r50:.0f} | {r90:.0f} | {br} | {ablation} |")
         fields.append((run, field, r50, r90))
     if args.figure:
         draw(fields, (lo, hi), args.figure)

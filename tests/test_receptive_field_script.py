@@ -77,3 +77,45 @@ def test_boundary_refinement_share_is_zero_when_the_last_block_adds_nothing_and_
     plain = seglab.models.create("gcn_resnet18", num_classes=3, width_mult=0.125, boundary_refinement=False).eval()
     plain.meta = META
     assert receptive_field.boundary_refinement_share(plain, images, masks, band=3) is None
+
+
+def confusion_miou(pred, target, num_classes, where=None):
+    """mIoU in float64 numpy over the pixels ``where`` (all by default), classes absent from both skipped."""
+    import numpy as np
+
+    pred, target = pred.numpy().ravel(), target.numpy().ravel()
+    if where is not None:
+        pred, target = pred[where.numpy().ravel()], target[where.numpy().ravel()]
+    ious = []
+    for c in range(num_classes):
+        union = np.sum((pred == c) | (target == c))
+        if union:
+            ious.append(np.sum((pred == c) & (target == c)) / union)
+    return float(np.mean(ious))
+
+
+def test_dropping_br_at_test_time_equals_the_same_weights_without_br_blocks():
+    """As trained: the mIoUs of the model's own predictions (recomputed in float64); BR dropped: those of a
+    GCN built without BR carrying the same weights. A model without BR gets only the first pair."""
+    from seglab.metrics.boundary import boundary_band
+
+    torch.manual_seed(0)
+    model = seglab.models.create("gcn_resnet18", num_classes=3, width_mult=0.125, kernel_size=3).eval()
+    plain = seglab.models.create("gcn_resnet18", num_classes=3, width_mult=0.125, kernel_size=3,
+                                 boundary_refinement=False).eval()
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and unexpected  # the BR blocks' weights are all that differs
+    meta = {**META, "num_classes": 3}
+    model.meta = plain.meta = meta
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    masks = torch.zeros(2, 64, 64, dtype=torch.long)
+    masks[:, 20:40, 16:48] = 1
+    masks[:, 44:60, 4:30] = 2
+    (trained, dropped) = receptive_field.scores_with_and_without_br(model, images, masks, band=3)
+    band = boundary_band(masks, 3)
+    for net, scores in ((model, trained), (plain, dropped)):
+        with torch.no_grad():
+            pred = net(normalize(images, META["mean"], META["std"]))["out"].argmax(1)
+        assert scores == pytest.approx((confusion_miou(pred, masks, 3), confusion_miou(pred, masks, 3, band)))
+    assert trained != dropped
+    assert receptive_field.scores_with_and_without_br(plain, images, masks, band=3) == [dropped]

@@ -94,6 +94,12 @@ def test_lattice_filter_sum_equals_sum_of_filters():
     torch.testing.assert_close(LatticeFilter.sum([f1]).apply(x), f1.apply(x), rtol=0, atol=0)
 
 
+def assert_same_lattice(lattice, reference):
+    """Every splat, blur and slice table of two lattices equal, exactly."""
+    for name in ("_splat_point", "_splat_offsets", "_splat_bary", "_slice_vertex", "_slice_bary", "_blur_index",
+                 "_blur_weight"):
+        torch.testing.assert_close(getattr(lattice, name), getattr(reference, name), rtol=0, atol=0)
+
 def test_building_and_slicing_block_by_block_equals_all_at_once(monkeypatch):
     """The lattice's simplices and codes computed over blocks of points (a large image's) are exactly those
     computed at once; ``accumulate`` (in place, sliced by blocks) adds what ``apply`` returns, and −apply·M."""
@@ -103,9 +109,7 @@ def test_building_and_slicing_block_by_block_equals_all_at_once(monkeypatch):
     whole = PermutohedralLattice(features)
     monkeypatch.setattr(lattice_module, "_BUILD_BLOCK", 7)  # 2·99 + 2 padding points: 29 blocks
     blocked = PermutohedralLattice(features)
-    for name in ("_splat_point", "_splat_offsets", "_splat_bary", "_slice_vertex", "_slice_bary", "_blur_index",
-                 "_blur_weight"):
-        torch.testing.assert_close(getattr(blocked, name), getattr(whole, name), rtol=0, atol=0)
+    assert_same_lattice(blocked, whole)
 
     monkeypatch.setattr(lattice_module, "_SLICE_BLOCK", 10)
     filter_ = whole.kernel("symmetric", torch.float64, weight=2.0)
@@ -135,9 +139,7 @@ def test_int64_codes_give_the_lattice_of_int32_codes(monkeypatch):
     monkeypatch.setattr(lattice_module, "_INT32_CODES", 0)
     wide = PermutohedralLattice(features)
     assert code_dtypes == [torch.int32, torch.int64]
-    for name in ("_splat_point", "_splat_offsets", "_splat_bary", "_slice_vertex", "_slice_bary", "_blur_index",
-                 "_blur_weight"):
-        torch.testing.assert_close(getattr(wide, name), getattr(narrow, name), rtol=0, atol=0)
+    assert_same_lattice(wide, narrow)
 
 @pytest.mark.parametrize("pad_multiple", [1, 4])
 def test_batched_lattice_is_block_diagonal(pad_multiple):

@@ -23,7 +23,7 @@ from seglab.io import safe_load as load_checkpoint
 
 LECTURE = ["fcn-skips", "crf", "deeplab-fov", "context-module", "gcn-kernel", "output-stride", "decoder", "roi-align",
            "fcis-joint", "maskx-transfer"]  # the lecture's experiments (issue 19), in the lecture's order
-FOLLOW_UPS = ["fcis-vs-maskrcnn", "gcn-kernel-long"]  # shipped, run by name only
+FOLLOW_UPS = ["fcis-vs-maskrcnn", "gcn-kernel-long", "gcn-br-long"]  # shipped, run by name only
 # CI's budget. In float32: under CPU bfloat16 autocast, VGG16's fc6 (7×7) on 64 px images (a 2×2 pool5) gets a
 # non-finite weight gradient in some runs of the same seed (oneDNN; not at 96 or 128 px, nor in float32).
 SMOKE = {"iters": 1, "num_train": 2, "num_val": 4, "batch_size": 2, "image_size": 64, "warmup": 0, "amp": False}
