@@ -67,9 +67,9 @@ def _enclosing_simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _vertex_codes(m: Tensor, rank: Tensor, set_offset: Tensor, low: Tensor, stride: Tensor) -> Tensor:
-    """(P, d+1) codes r + (d+1)·Q, in ``stride``'s integer dtype, of each point's simplex vertices (``PermutohedralLattice``): ``m``, ``rank``
-    from :func:`_enclosing_simplex`, ``set_offset`` (P,) the set's place in the mixed radix, ``low`` the
-    smallest q_i, ``stride`` (d,) the radix's place values."""
+    """(P, d+1) codes r + (d+1)·Q of each point's simplex vertices (``PermutohedralLattice``), in ``stride``'s
+    integer dtype: ``m``, ``rank`` from :func:`_enclosing_simplex`, ``set_offset`` (P,) the set's place in the
+    mixed radix, ``low`` the smallest q_i, ``stride`` (d,) the radix's place values."""
     d = stride.numel()
     base = ((m[:, :d] - low) * stride).sum(1, dtype=stride.dtype) + set_offset
     stride_by_rank = stride.new_zeros(rank.shape).scatter_(1, rank, torch.cat([stride, stride.new_zeros(1)]).expand_as(rank))
