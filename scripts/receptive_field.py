@@ -79,6 +79,12 @@ def boundary_refinement_share(model: torch.nn.Module, images: torch.Tensor, mask
     return float(sums[0, 0] / sums[0, 1]), float(sums[1, 0] / sums[1, 1])
 
 
+
+def _input_as_output(module, inputs, output):
+    """Forward hook making a block the identity."""
+    return inputs[0]
+
+
 @torch.no_grad()
 def scores_with_and_without_br(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, band: int,
                                batch: int = 8) -> list[tuple[float, float]]:
@@ -87,8 +93,7 @@ def scores_with_and_without_br(model: torch.nn.Module, images: torch.Tensor, mas
     blocks = [m for m in model.modules() if isinstance(m, BoundaryRefinement)]
     scores = []
     for drop in (False, True) if blocks else (False,):
-        identity = lambda module, inputs, output: inputs[0]  # noqa: E731  (the block's output replaced by its input)
-        hooks = [block.register_forward_hook(identity) for block in blocks] if drop else []
+        hooks = [block.register_forward_hook(_input_as_output) for block in blocks] if drop else []
         whole = SegmentationMetrics(model.meta["num_classes"])
         near = BoundaryBandMetrics(model.meta["num_classes"], band)
         try:
