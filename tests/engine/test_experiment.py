@@ -344,7 +344,10 @@ def children_of(pid: int) -> set[int]:
 def test_a_sigterm_stops_the_running_runs_at_a_checkpoint_and_the_same_command_continues(tmp_path, jobs):
     """SIGTERM to ``seglab experiment`` (its workers' parent with --jobs 2): every run in training saves last.pt and
     stops, none is recorded as finished, no worker outlives the command (exit 143), and the same command resumes."""
-    path = write_experiment(tmp_path, train={"iters": 150, "log_every": 1})
+    # The workers start a few seconds apart: a tiny run must not finish all its iterations before the other
+    # has logged its first (150 did once in CI), or nothing is left to stop mid-training.
+    iters = 600
+    path = write_experiment(tmp_path, train={"iters": iters, "log_every": 1})
     out = tmp_path / "out"
     command = [sys.executable, "-m", "seglab", "experiment", str(path), "--seeds", "1", "--out", str(out),
                "--jobs", str(jobs)]
@@ -363,7 +366,7 @@ def test_a_sigterm_stops_the_running_runs_at_a_checkpoint_and_the_same_command_c
     for variant in started:
         run = out / variant / "seed_0"
         assert not (run / "result.json").exists()
-        assert 1 <= load_checkpoint(run / "last.pt")["step"] < 150
+        assert 1 <= load_checkpoint(run / "last.pt")["step"] < iters
     assert not (out / "results.json").exists()
     deadline = time.monotonic() + 30
     while any(map(alive, workers)) and time.monotonic() < deadline:
@@ -372,4 +375,4 @@ def test_a_sigterm_stops_the_running_runs_at_a_checkpoint_and_the_same_command_c
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     results = json.loads((out / "results.json").read_text())
     assert all(len(results["variants"][v]["values"]) == 1 for v in ("slow", "fast"))
-    assert all(load_checkpoint(out / v / "seed_0" / "last.pt")["step"] == 150 for v in ("slow", "fast"))
+    assert all(load_checkpoint(out / v / "seed_0" / "last.pt")["step"] == iters for v in ("slow", "fast"))
